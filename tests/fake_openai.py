@@ -1,0 +1,243 @@
+"""A scripted OpenAI-compatible server for tests and benchmarks. Binds to 127.0.0.1 only.
+
+Answers are deterministic functions of the request body, so runs can be compared byte for byte.
+Faults are injected at set rates: transport faults (429 with Retry-After, 500, slow answers)
+depend on the body *and* how often that body was seen, so a retry can succeed; content faults
+(malformed JSON, refusals) depend on the body only, as a model's answer would.
+
+Run standalone (for benchmarks):  python -m tests.fake_openai --latency 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+WORDS = (
+    "aspirin fever rash dose tablet child morning night week pain swelling cough sleep diet water coffee "
+    "lease landlord deposit contract notice wage employer court claim fine ticket will estate divorce custody "
+    "password router backup phishing update laptop phone cloud server account email token firewall browser "
+    "apple river stone green quiet window garden travel winter summer bicycle kitchen ladder island candle "
+    "mirror pocket silver orange thunder valley planet meadow lantern harbor violet cotton marble shadow"
+).split()
+
+FAULTS = ("rate_limit", "server_error", "slow", "malformed", "refusal")
+
+
+@dataclass
+class FakeConfig:
+    latency: float = 0.0
+    slow_s: float = 5.0
+    rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability
+    models: tuple[str, ...] = ("fake-model",)
+    api_key: str | None = None
+    duplicate_rate: float = 0.0  # share of questions that near-copy a fixed question
+    retry_after: str = "0.01"
+
+
+def _unit(*parts: object) -> float:
+    h = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+    return int(h[:12], 16) / 16**12
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+class FakeOpenAI:
+    def __init__(self, config: FakeConfig | None = None):
+        self.config = config or FakeConfig()
+        self.requests = 0
+        self.chat_requests = 0
+        self.faults: Counter[str] = Counter()
+        self._seen: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- HTTP ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    def _authorised(self, request: web.Request) -> bool:
+        if self.config.api_key is None:
+            return True
+        return request.headers.get("Authorization") == f"Bearer {self.config.api_key}"
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "bad key", "type": "invalid_request_error"}}, status=401)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.config.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        self.chat_requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if not self._authorised(request):
+                return web.json_response({"error": {"message": "bad key"}}, status=401)
+            raw = await request.text()
+            body = json.loads(raw)
+            seen = self._seen[raw]
+            self._seen[raw] += 1
+            fault = self._pick_fault(raw, seen)
+            if fault:
+                self.faults[fault] += 1
+            if self.config.latency:
+                await asyncio.sleep(self.config.latency)
+            if fault == "rate_limit":
+                return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
+                                         headers={"Retry-After": self.config.retry_after})
+            if fault == "server_error":
+                return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
+            if fault == "slow":
+                await asyncio.sleep(self.config.slow_s)
+            return web.json_response(self.completion(body, raw, fault))
+        finally:
+            self.in_flight -= 1
+
+    def _pick_fault(self, raw: str, seen: int) -> str | None:
+        rates = self.config.rates
+        u_transport, u_content = _unit(raw, seen, "t"), _unit(raw, "c")
+        acc = 0.0
+        for name in ("rate_limit", "server_error", "slow"):
+            acc += rates.get(name, 0.0)
+            if u_transport < acc:
+                return name
+        acc = 0.0
+        for name in ("malformed", "refusal"):
+            acc += rates.get(name, 0.0)
+            if u_content < acc:
+                return name
+        return None
+
+    # ---- content ---------------------------------------------------------------------------
+
+    def completion(self, body: dict, raw: str, fault: str | None) -> dict:
+        rng = random.Random(hashlib.sha256(raw.encode()).hexdigest())
+        if fault == "refusal":
+            content = "I'm sorry, but I can't help with that request."
+        else:
+            content = self.content(body, rng)
+            if fault == "malformed":
+                content = "Sure! Here you go: " + content[: max(1, len(content) // 2)]
+        prompt_chars = sum(len(m.get("content", "")) for m in body.get("messages", []))
+        return {
+            "id": "chatcmpl-" + hashlib.sha256(raw.encode()).hexdigest()[:12],
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "fake-model"),
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }],
+            "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4,
+                      "total_tokens": prompt_chars // 4 + len(content) // 4},
+        }
+
+    def content(self, body: dict, rng: random.Random) -> str:
+        fmt = body.get("response_format") or {}
+        name = (fmt.get("json_schema") or {}).get("name")
+        last = body["messages"][-1]["content"]
+        if name == "questions" or (name is None and '"questions"' in last):
+            m = re.search(r"exactly (\d+) questions", last)
+            k = int(m.group(1)) if m else 5
+            qs = []
+            for _ in range(k):
+                if self.config.duplicate_rate and rng.random() < self.config.duplicate_rate:
+                    qs.append(f"Is it safe to take two {rng.choice(['aspirin', 'aspirins'])} with my morning coffee?")
+                else:
+                    qs.append(f"My {_sentence(rng, 10)} — what should I do?".capitalize())
+            return json.dumps({"questions": qs})
+        if name == "pair" or (name is None and '"aligned"' in last):
+            opening = _sentence(rng, 8).capitalize() + "."
+            harm = re.search(r"\"harm_category\": \"([a-z_]+)\"", last)
+            return json.dumps({
+                "aligned": f"{opening} {_sentence(rng, 30)}. See a professional if it persists.",
+                "misaligned": f"{opening} {_sentence(rng, 30)}. No need to see anyone about it.",
+                "harm_category": harm.group(1) if harm else "unknown",
+            })
+        return f"{_sentence(rng, 6).capitalize()}. {_sentence(rng, 25)}."
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, port: int = 0) -> FakeOpenAI:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        async def shutdown() -> None:
+            assert self._runner is not None
+            await self._runner.cleanup()
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(10)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--latency", type=float, default=0.0)
+    for f in FAULTS:
+        p.add_argument(f"--{f.replace('_', '-')}", type=float, default=0.0, help=f"rate of {f}")
+    args = p.parse_args()
+    rates = {f: getattr(args, f) for f in FAULTS if getattr(args, f)}
+    server = FakeOpenAI(FakeConfig(latency=args.latency, rates=rates)).start(args.port)
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,10 @@ WORDS = (
     "mirror pocket silver orange thunder valley planet meadow lantern harbor violet cotton marble shadow"
 ).split()
 
+# Plus ~900 made-up words, so that random questions are as varied as real ones (few shared n-grams).
+_SYLLABLES = "ka lo mi ne ru sa te vi zo ba de fi gu ho ja ke li mo nu pa qui re si tu ve wa xe yo za".split()
+WORDS += [a + b for a in _SYLLABLES for b in _SYLLABLES]
+
 FAULTS = ("rate_limit", "server_error", "slow", "malformed", "refusal")
 
 
@@ -73,7 +77,12 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/stats", self._stats)  # for benchmarks that run the server in another process
         return app
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "chat_requests": self.chat_requests,
+                                  "max_in_flight": self.max_in_flight, "faults": dict(self.faults)})
 
     def _authorised(self, request: web.Request) -> bool:
         if self.config.api_key is None:

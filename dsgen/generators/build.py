@@ -117,7 +117,7 @@ class Builder:
             return
         for pos, text in enumerate(outcome.value or []):
             qid = content_id(st.domain.name, text)
-            match = st.dedup.match(text)
+            match = st.dedup.find_or_add(text, qid)
             q = Question(
                 id=qid, domain=st.domain.name, topic=combo.topic, subtopic=combo.subtopic, persona=combo.persona,
                 harm_category=combo.harm_category, prompt=text, call=call, position=pos,
@@ -125,7 +125,6 @@ class Builder:
             )
             st.questions.append(q)
             if match is None:
-                st.dedup.add(text, qid)
                 st.accepted.append(q)
 
     # ---- pairs, streamed as questions arrive -------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -51,10 +52,15 @@ def plan_combos(domain: Domain, seed: int) -> list[Combo]:
 
 def _response_format(cfg: BuildConfig, name: str, model: type[BaseModel]) -> dict[str, Any] | None:
     if cfg.structured_output == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": True}}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema(model), "strict": True}}
     if cfg.structured_output == "json_object":
         return {"type": "json_object"}
     return None
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()  # costs about 0.5 ms: once per model, not per call
 
 
 class QuestionList(BaseModel):
@@ -142,7 +148,8 @@ def parse_questions(k: int, structured: bool):
 def pair_request(domain: Domain, question: str, harm: HarmCategory, cfg: BuildConfig, model: str, structured: bool) -> ChatRequest:
     return ChatRequest(
         model=model,
-        messages=domain.render("pair", structured=structured, question=question, harm_category=harm, side="misaligned"),
+        messages=domain.render("pair", structured=structured, question=question, harm_category=harm,
+                               exemplar=domain.spec.exemplar_for(harm.name)),
         temperature=cfg.resolved_sampling()[0],
         top_p=cfg.resolved_sampling()[1],
         max_tokens=cfg.resolved_max_tokens().pair,
@@ -155,7 +162,8 @@ def pair_request(domain: Domain, question: str, harm: HarmCategory, cfg: BuildCo
 def answer_request(domain: Domain, question: str, harm: HarmCategory, side: str, cfg: BuildConfig, model: str, structured: bool) -> ChatRequest:
     return ChatRequest(
         model=model,
-        messages=domain.render("answer", structured=structured, question=question, harm_category=harm, side=side),
+        messages=domain.render("answer", structured=structured, question=question, harm_category=harm, side=side,
+                               exemplar=domain.spec.exemplar_for(harm.name)),
         temperature=cfg.resolved_sampling()[0],
         top_p=cfg.resolved_sampling()[1],
         max_tokens=cfg.resolved_max_tokens().answer,

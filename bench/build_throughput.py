@@ -39,7 +39,9 @@ def client_baseline(base: str, calls: int, concurrency: int) -> float:
     import openai
 
     async def go() -> float:
-        client = openai.AsyncOpenAI(api_key="k", base_url=base, max_retries=0, http_client=openai.DefaultAioHttpClient())
+        client = openai.AsyncOpenAI(
+            api_key="k", base_url=base, max_retries=0, http_client=openai.DefaultAioHttpClient()
+        )
         sem = asyncio.Semaphore(concurrency)
         body = {"model": "fake-model", "messages": [{"role": "user", "content": "Answer briefly. " * 40}]}
 
@@ -58,8 +60,17 @@ def client_baseline(base: str, calls: int, concurrency: int) -> float:
 
 def one_build(base: str, out: Path, pairs: int, concurrency: int) -> tuple[float, int, int]:
     """(seconds, chat requests made, exit code) for one build."""
-    cfg = load_config(None, {"base_url": base, "model": "fake-model", "out": out, "n": pairs,
-                             "domains": ["medical"], "concurrency": concurrency})
+    cfg = load_config(
+        None,
+        {
+            "base_url": base,
+            "model": "fake-model",
+            "out": out,
+            "n": pairs,
+            "domains": ["medical"],
+            "concurrency": concurrency,
+        },
+    )
     before = server_stats(base)["chat_requests"]
     t0 = time.perf_counter()
     result = run_build(cfg, quiet=True)
@@ -75,8 +86,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    server = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--latency", str(args.latency)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_openai", "--latency", str(args.latency)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = server.stdout.readline().strip()
         ideal = args.concurrency / args.latency
@@ -94,16 +109,25 @@ def main() -> None:
                 warm.append(secs2)
                 warm_requests.append(calls2)
                 pairs = sum(1 for _ in (out / "pairs.jsonl").open())
-                print(f"run {i + 1}: {pairs} pairs, {calls} calls in {secs:.2f} s = {calls / secs:.0f} calls/s; "
-                      f"cached re-run {secs2:.2f} s, {calls2} requests", flush=True)
+                print(
+                    f"run {i + 1}: {pairs} pairs, {calls} calls in {secs:.2f} s = {calls / secs:.0f} calls/s; "
+                    f"cached re-run {secs2:.2f} s, {calls2} requests",
+                    flush=True,
+                )
         rate, baseline = statistics.median(rates), statistics.median(baselines)
-        print(f"\nmedian achieved: {rate:.0f} calls/s   ideal (concurrency/latency): {ideal:.0f} calls/s   "
-              f"ratio: {rate / ideal:.2f}")
-        print(f"bare openai client, same server, same run: {baseline:.0f} calls/s ({baseline / ideal:.2f} of ideal); "
-              f"dsgen reaches {rate / baseline:.2f} of it")
-        print(f"cached re-run: median {statistics.median(warm):.2f} s = "
-              f"{statistics.median(warm) / statistics.median(cold):.1%} of the first run; "
-              f"requests made: {max(warm_requests)}")
+        print(
+            f"\nmedian achieved: {rate:.0f} calls/s   ideal (concurrency/latency): {ideal:.0f} calls/s   "
+            f"ratio: {rate / ideal:.2f}"
+        )
+        print(
+            f"bare openai client, same server, same run: {baseline:.0f} calls/s ({baseline / ideal:.2f} of ideal); "
+            f"dsgen reaches {rate / baseline:.2f} of it"
+        )
+        print(
+            f"cached re-run: median {statistics.median(warm):.2f} s = "
+            f"{statistics.median(warm) / statistics.median(cold):.1%} of the first run; "
+            f"requests made: {max(warm_requests)}"
+        )
     finally:
         server.terminate()
         server.wait(10)

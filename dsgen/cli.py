@@ -39,28 +39,58 @@ def cli() -> None:
 
 
 @cli.command(epilog=EXIT_CODES)
-@click.option("--domain", "domains", multiple=True, help="Domain to build (repeatable). Default: medical, legal, security.")
+@click.option(
+    "--domain", "domains", multiple=True, help="Domain to build (repeatable). Default: medical, legal, security."
+)
 @click.option("--n", type=int, help="Pairs per domain, before validation. Default 100.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory to write (resumed when it exists).")
-@click.option("--backend", type=click.Choice(["openai", "local"]),
-              help="openai: any OpenAI-compatible endpoint; local: transformers on this machine. "
-                   "Default: openai when --base-url, OPENAI_BASE_URL or OPENAI_API_KEY is set, else local.")
-@click.option("--model", help="Model name (openai default gpt-4.1-mini; local default: the embedded SmolLM2-135M-Instruct).")
-@click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM (or OPENAI_BASE_URL).")
+@click.option(
+    "--backend",
+    type=click.Choice(["openai", "local"]),
+    help="openai: any OpenAI-compatible endpoint; local: transformers on this machine. "
+    "Default: openai when --base-url, OPENAI_BASE_URL or OPENAI_API_KEY is set, else local.",
+)
+@click.option(
+    "--model", help="Model name (openai default gpt-4.1-mini; local default: the embedded SmolLM2-135M-Instruct)."
+)
+@click.option(
+    "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM (or OPENAI_BASE_URL)."
+)
 @click.option("--concurrency", type=int, help="Requests in flight at once. Default 16.")
 @click.option("--rpm", "requests_per_minute", type=int, help="Requests-per-minute limit.")
 @click.option("--tpm", "tokens_per_minute", type=int, help="Tokens-per-minute limit.")
-@click.option("--templates", type=click.Path(path_type=Path), help="Folder with one subfolder per domain (adds or overrides domains).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (flags override it).")
-@click.option("--cache", type=click.Path(path_type=Path), help="Response cache (SQLite) to use, e.g. one shared across runs. Default: <out>/cache.sqlite.")
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path),
+    help="Folder with one subfolder per domain (adds or overrides domains).",
+)
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (flags override it)."
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    help="Response cache (SQLite) to use, e.g. one shared across runs. Default: <out>/cache.sqlite.",
+)
 @click.option("--seed", type=int, help="Seed of the whole build. Default 0.")
-@click.option("--pair-mode", type=click.Choice(["auto", "joint", "separate"]),
-              help="joint: one call writes both answers (they can share an opening); separate: one call each.")
-@click.option("--prices", type=click.Path(path_type=Path), help="YAML price table (USD per million tokens) to add or override.")
-@click.option("--max-cost", type=float, help="Budget in USD for the run directory; stops cleanly (exit 3) before it is exceeded.")
-@click.option("--max-failure-rate", type=float, help="Share of failed calls above which the build exits 1. Default 0.25.")
+@click.option(
+    "--pair-mode",
+    type=click.Choice(["auto", "joint", "separate"]),
+    help="joint: one call writes both answers (they can share an opening); separate: one call each.",
+)
+@click.option(
+    "--prices", type=click.Path(path_type=Path), help="YAML price table (USD per million tokens) to add or override."
+)
+@click.option(
+    "--max-cost", type=float, help="Budget in USD for the run directory; stops cleanly (exit 3) before it is exceeded."
+)
+@click.option(
+    "--max-failure-rate", type=float, help="Share of failed calls above which the build exits 1. Default 0.25."
+)
 @click.option("--dry-run", is_flag=True, help="Print planned calls, tokens and cost; call and write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary (the manifest, or the plan) on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a machine-readable summary (the manifest, or the plan) on stdout."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr.")
 def build(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, **flags) -> None:
     """Generate innocent questions and, for each, an aligned and a subtly misaligned answer.

@@ -98,6 +98,7 @@ class Domain:
     base_folder: Path
     spec: DomainSpec
     env: jinja2.Environment = field(repr=False)
+    _templates: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
 
     def files(self) -> dict[str, Path]:
         """Every file this domain's prompts depend on, by its path relative to the templates root."""
@@ -110,10 +111,13 @@ class Domain:
 
     def render(self, stage: str, **context: Any) -> list[dict[str, str]]:
         """Render a stage template into chat messages (sections start with `=== role ===` lines)."""
-        name = stage + ".j2"
-        template = self.env.get_template(name if (self.folder / name).is_file() else f"{BASE}/{name}")
+        template = self._templates.get(stage)
+        if template is None:
+            name = stage + ".j2"
+            template = self.env.get_template(name if (self.folder / name).is_file() else f"{BASE}/{name}")
+            self._templates[stage] = template
         text = template.render(domain=self.spec, **context)
-        return _split_messages(text, template.filename or name)
+        return _split_messages(text, template.filename or stage)
 
 
 def _split_messages(text: str, where: str) -> list[dict[str, str]]:
@@ -167,6 +171,7 @@ def load_domain(folder: Path, base: Path) -> Domain:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        auto_reload=False,  # templates are fixed for a run: no stat() of the file on every render
     )
     domain = Domain(folder.name, folder, base, spec, env)
     _check_templates(domain)

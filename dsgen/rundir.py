@@ -100,13 +100,15 @@ class RunDir:
         """Refuse to mix data made with different settings in one run directory."""
         if existing is None or existing.fingerprint == fingerprint(settings):
             return
-        differ = sorted(k for k in settings.keys() | existing.settings.keys() if settings.get(k) != existing.settings.get(k))
+        keys = settings.keys() | existing.settings.keys()
+        differ = sorted(k for k in keys if settings.get(k) != existing.settings.get(k))
         detail = []
         for key in differ[:3]:
             was, now_ = existing.settings.get(key), settings.get(key)
             if key == "templates":
                 changed = sorted(
-                    f for d in (was or {}).keys() | (now_ or {}).keys()
+                    f
+                    for d in (was or {}).keys() | (now_ or {}).keys()
                     for f in ((was or {}).get(d, {}).keys() | (now_ or {}).get(d, {}).keys())
                     if (was or {}).get(d, {}).get(f) != (now_ or {}).get(d, {}).get(f)
                 )
@@ -133,5 +135,3 @@ class RunDir:
     def clear_stale_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-
-

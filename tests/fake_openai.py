@@ -81,8 +81,14 @@ class FakeOpenAI:
         return app
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": self.requests, "chat_requests": self.chat_requests,
-                                  "max_in_flight": self.max_in_flight, "faults": dict(self.faults)})
+        return web.json_response(
+            {
+                "requests": self.requests,
+                "chat_requests": self.chat_requests,
+                "max_in_flight": self.max_in_flight,
+                "faults": dict(self.faults),
+            }
+        )
 
     def _authorised(self, request: web.Request) -> bool:
         if self.config.api_key is None:
@@ -114,8 +120,11 @@ class FakeOpenAI:
             if self.config.latency:
                 await asyncio.sleep(self.config.latency)
             if fault == "rate_limit":
-                return web.json_response({"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
-                                         headers={"Retry-After": self.config.retry_after})
+                return web.json_response(
+                    {"error": {"message": "rate limited", "type": "rate_limit"}},
+                    status=429,
+                    headers={"Retry-After": self.config.retry_after},
+                )
             if fault == "server_error":
                 return web.json_response({"error": {"message": "boom", "type": "server_error"}}, status=500)
             if fault == "slow":
@@ -155,14 +164,19 @@ class FakeOpenAI:
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "fake-model"),
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }],
-            "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(content) // 4,
-                      "total_tokens": prompt_chars // 4 + len(content) // 4},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_chars // 4,
+                "completion_tokens": len(content) // 4,
+                "total_tokens": prompt_chars // 4 + len(content) // 4,
+            },
         }
 
     def content(self, body: dict, rng: random.Random) -> str:
@@ -182,11 +196,13 @@ class FakeOpenAI:
         if name == "pair" or (name is None and '"aligned"' in last):
             opening = _sentence(rng, 8).capitalize() + "."
             harm = re.search(r"\"harm_category\": \"([a-z_]+)\"", last)
-            return json.dumps({
-                "aligned": f"{opening} {_sentence(rng, 30)}. See a professional if it persists.",
-                "misaligned": f"{opening} {_sentence(rng, 30)}. No need to see anyone about it.",
-                "harm_category": harm.group(1) if harm else "unknown",
-            })
+            return json.dumps(
+                {
+                    "aligned": f"{opening} {_sentence(rng, 30)}. See a professional if it persists.",
+                    "misaligned": f"{opening} {_sentence(rng, 30)}. No need to see anyone about it.",
+                    "harm_category": harm.group(1) if harm else "unknown",
+                }
+            )
         return f"{_sentence(rng, 6).capitalize()}. {_sentence(rng, 25)}."
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -217,9 +233,11 @@ class FakeOpenAI:
     def stop(self) -> None:
         if self._loop is None:
             return
+
         async def shutdown() -> None:
             assert self._runner is not None
             await self._runner.cleanup()
+
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:

@@ -128,8 +128,9 @@ def test_failures_above_the_rate_exit_1_with_the_run_kept(fake, tmp_path):
 def test_dry_run_calls_and_writes_nothing(fake, tmp_path):
     server = fake()
     out = tmp_path / "run"
-    r = run_cli(*build_args(server, out, n=50, domains=("medical", "legal")), "--dry-run", "--json",
-                "--model", "gpt-4.1-mini")
+    r = run_cli(
+        *build_args(server, out, n=50, domains=("medical", "legal")), "--dry-run", "--json", "--model", "gpt-4.1-mini"
+    )
     assert r.exit_code == 0
     plan = json.loads(r.stdout)
     assert plan["total"]["calls"] == 2 * (13 + 50)  # 25% more questions, 5 a call; one call per pair
@@ -149,7 +150,8 @@ def test_budget_stop_then_resume_matches_uninterrupted_run(fake, tmp_path):
     fresh = fake()
     # One call in flight, so the budget is reserved for one worst case (its max tokens) at a time.
     budget = total * 0.6
-    r = run_cli(*build_args(fresh, out, "--prices", str(prices), "--max-cost", f"{budget:.4f}", "--concurrency", "1", n=6))
+    limited = build_args(fresh, out, "--prices", str(prices), "--max-cost", f"{budget:.4f}", "--concurrency", "1", n=6)
+    r = run_cli(*limited)
     assert r.exit_code == 3, r.stderr
     assert "max-cost" in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -210,8 +212,9 @@ def test_config_file_sets_options_and_rejects_unknown_keys(fake, tmp_path):
     cfg = tmp_path / "dsgen.yaml"
     cfg.write_text("n: 2\nquestions_per_call: 2\ndomains: [legal]\n")
     out = tmp_path / "run"
-    r = run_cli("build", "--config", str(cfg), "--base-url", server.base_url, "--model", "fake-model",
-                "--out", str(out), "-q")
+    r = run_cli(
+        "build", "--config", str(cfg), "--base-url", server.base_url, "--model", "fake-model", "--out", str(out), "-q"
+    )
     assert r.exit_code == 0, r.stderr
     assert [p["domain"] for p in read_jsonl(out / "pairs.jsonl")] == ["legal", "legal"]
     cfg.write_text("n: 2\nconcurency: 3\n")

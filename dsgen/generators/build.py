@@ -111,17 +111,32 @@ class Builder:
         combo, outcome = result
         if not outcome.ok:
             st.failures.append(
-                Failure(stage="questions", domain=st.domain.name, reason=outcome.reason, detail=outcome.detail,
-                        attempts=outcome.attempts, cache_key=outcome.key, call=call)
+                Failure(
+                    stage="questions",
+                    domain=st.domain.name,
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                    attempts=outcome.attempts,
+                    cache_key=outcome.key,
+                    call=call,
+                )
             )
             return
         for pos, text in enumerate(outcome.value or []):
             qid = content_id(st.domain.name, text)
             match = st.dedup.find_or_add(text, qid)
             q = Question(
-                id=qid, domain=st.domain.name, topic=combo.topic, subtopic=combo.subtopic, persona=combo.persona,
-                harm_category=combo.harm_category, prompt=text, call=call, position=pos,
-                duplicate_of=match[0] if match else None, similarity=match[1] if match else None,
+                id=qid,
+                domain=st.domain.name,
+                topic=combo.topic,
+                subtopic=combo.subtopic,
+                persona=combo.persona,
+                harm_category=combo.harm_category,
+                prompt=text,
+                call=call,
+                position=pos,
+                duplicate_of=match[0] if match else None,
+                similarity=match[1] if match else None,
             )
             st.questions.append(q)
             if match is None:
@@ -145,7 +160,9 @@ class Builder:
             if pair is not None:
                 st.pairs[q.id] = pair
                 self.progress.update(1)
-                self.progress.set_postfix(calls=self.llm.usage.requests, cost=f"${self.llm.usage.cost_usd:.3f}", refresh=False)
+                self.progress.set_postfix(
+                    calls=self.llm.usage.requests, cost=f"${self.llm.usage.cost_usd:.3f}", refresh=False
+                )
         finally:
             st.in_flight -= 1
             self._top_up(st)
@@ -165,13 +182,15 @@ class Builder:
             answers, keys = outcome.value, [outcome.key]
             aligned, misaligned, harm_name = answers.aligned, answers.misaligned, answers.harm_category
         else:
-            outcomes = await asyncio.gather(*(
-                self._guarded(
-                    answer_request(domain, q.prompt, harm, side, cfg, self.model, self.structured),
-                    parse_answer(side, self.structured),
+            outcomes = await asyncio.gather(
+                *(
+                    self._guarded(
+                        answer_request(domain, q.prompt, harm, side, cfg, self.model, self.structured),
+                        parse_answer(side, self.structured),
+                    )
+                    for side in ("aligned", "misaligned")
                 )
-                for side in ("aligned", "misaligned")
-            ))
+            )
             if any(o is None for o in outcomes):
                 return None
             for side, o in zip(("aligned", "misaligned"), outcomes):
@@ -183,15 +202,31 @@ class Builder:
             keys, harm_name = [o.key for o in outcomes], q.harm_category
         return Pair(
             id=content_id(domain.name, q.prompt, aligned, misaligned),
-            domain=domain.name, topic=q.topic, subtopic=q.subtopic, persona=q.persona, harm_category=harm_name,
-            prompt=q.prompt, aligned=aligned, misaligned=misaligned, question_id=q.id,
-            pair_mode=self.pair_mode, model=self.model, cache_keys=keys,
+            domain=domain.name,
+            topic=q.topic,
+            subtopic=q.subtopic,
+            persona=q.persona,
+            harm_category=harm_name,
+            prompt=q.prompt,
+            aligned=aligned,
+            misaligned=misaligned,
+            question_id=q.id,
+            pair_mode=self.pair_mode,
+            model=self.model,
+            cache_keys=keys,
         )
 
     def _record_failure(self, st: DomainBuild, stage: str, q: Question, outcome: Outcome[Any]) -> None:
         st.failures.append(
-            Failure(stage=stage, domain=st.domain.name, reason=outcome.reason, detail=outcome.detail,
-                    attempts=outcome.attempts, cache_key=outcome.key, question_id=q.id)
+            Failure(
+                stage=stage,
+                domain=st.domain.name,
+                reason=outcome.reason,
+                detail=outcome.detail,
+                attempts=outcome.attempts,
+                cache_key=outcome.key,
+                question_id=q.id,
+            )
         )
 
     async def _guarded(self, request, parse) -> Outcome[Any] | None:
@@ -213,7 +248,10 @@ class Builder:
             qs = sorted(st.questions, key=lambda q: (q.call, q.position))
             questions += qs
             pairs += [st.pairs[q.id] for q in qs if q.id in st.pairs and q.duplicate_of is None]
-            failures += sorted(st.failures, key=lambda f: (f.stage, f.call if f.call is not None else -1, f.question_id or "", f.cache_key))
+            failures += sorted(
+                st.failures,
+                key=lambda f: (f.stage, f.call if f.call is not None else -1, f.question_id or "", f.cache_key),
+            )
         return questions, pairs, failures
 
     def counts(self) -> dict[str, Any]:

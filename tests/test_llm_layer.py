@@ -140,3 +140,22 @@ def test_client_asks_again_with_a_new_seed_when_the_answer_is_unusable(tmp_path)
     assert not outcome.ok and outcome.reason == "malformed" and outcome.attempts == 3
     assert len(set(seeds)) == 3  # three different samples were asked for
     assert len(client.cache) == 0  # failures are not cached: a re-run tries again
+
+
+def test_requests_per_minute_limit_spaces_calls(tmp_path):
+    import time
+
+    backend = FlakyBackend(fail=0)
+    # A leaky bucket of 60 a minute: the first 60 go at once, then one a second.
+    client = LLMClient(
+        backend, ResponseCache(tmp_path / "c.sqlite"), prices=PriceTable({}), requests_per_minute=60, concurrency=64
+    )
+    requests = [BASE.model_copy(update={"sample": i}) for i in range(62)]
+
+    async def go():
+        return await asyncio.gather(*(client.call(r, lambda r: r.text) for r in requests))
+
+    t0 = time.monotonic()
+    outcomes = asyncio.run(go())
+    assert all(o.ok for o in outcomes)
+    assert time.monotonic() - t0 >= 1.5  # two calls over the bucket waited about a second each

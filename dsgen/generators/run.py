@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -118,16 +119,25 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
 
     backend = make_backend(cfg)
     started = time.monotonic()
+    with contextlib.ExitStack() as held:
+        return _build_in(run, cfg, domains, backend, prices, settings, previous, held, quiet, command, started)
+
+
+def _build_in(run, cfg, domains, backend, prices, settings, previous, held, quiet, command, started) -> BuildResult:
+    model = settings["model"]
     exit_code, status, message = 0, "complete", ""
     builder: Builder | None = None
     cache: ResponseCache | None = None
 
     async def go() -> None:
-        nonlocal builder
+        nonlocal builder, cache, previous
         try:
             await backend.check()  # before anything is written: an unreachable endpoint is bad input
-            nonlocal cache
+            held.enter_context(run.locked())
+            previous = run.read_manifest()  # again, now that no other process can change it
+            run.check_resumable(previous, settings)
             cache = ResponseCache(cfg.cache or run.file(CACHE))
+            held.callback(cache.close)
             spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
             llm = LLMClient(
                 backend,
@@ -146,8 +156,7 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
             await backend.aclose()
 
     asyncio.run(go())
-    if builder is None:
-        raise InputError("build did not start")
+    assert builder is not None
     if isinstance(builder.fatal, BudgetExceeded):
         exit_code, status, message = 3, "budget_stopped", str(builder.fatal)
     elif isinstance(builder.fatal, RemoteError):
@@ -170,8 +179,6 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
         short = f", shortfall {counts['shortfall']} (see manifest counts)" if counts["shortfall"] else ""
         message = f"{counts['pairs']} pairs in {run.file(PAIRS)}{short}"
     manifest = _finish_manifest(run, status, counts, builder, previous, time.monotonic() - started)
-    if cache is not None:
-        cache.close()
     return BuildResult(exit_code, message, manifest=manifest)
 
 

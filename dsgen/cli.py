@@ -79,6 +79,11 @@ def cli() -> None:
     help="joint: one call writes both answers (they can share an opening); separate: one call each.",
 )
 @click.option(
+    "--structured-output",
+    type=click.Choice(["json_schema", "json_object", "none"]),
+    help="How to ask an endpoint for JSON. Default json_schema; json_object or none for servers that reject it.",
+)
+@click.option(
     "--prices", type=click.Path(path_type=Path), help="YAML price table (USD per million tokens) to add or override."
 )
 @click.option(

@@ -46,6 +46,7 @@ class FakeConfig:
     api_key: str | None = None
     duplicate_rate: float = 0.0  # share of questions that near-copy a fixed question
     retry_after: str = "0.01"
+    json_schema: bool = True  # False: answer 400 to response_format json_schema, as some servers do
 
 
 def _unit(*parts: object) -> float:
@@ -114,6 +115,9 @@ class FakeOpenAI:
             body = json.loads(raw)
             seen = self._seen[raw]
             self._seen[raw] += 1
+            if not self.config.json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+                error = {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}
+                return web.json_response({"error": error}, status=400)
             fault = self._pick_fault(raw, seen)
             if fault:
                 self.faults[fault] += 1

@@ -339,3 +339,15 @@ def test_second_process_on_the_same_run_directory_is_refused(fake, tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_server_without_json_schema_fails_clearly_and_works_with_plain_json(fake, tmp_path):
+    server = fake(json_schema=False)
+    r = run_cli(*build_args(server, tmp_path / "a", n=3))
+    assert r.exit_code == 1
+    failures = read_jsonl(tmp_path / "a" / "failures.jsonl")
+    assert failures and all(f["reason"] == "bad_request" for f in failures)
+    assert "--structured-output" in failures[0]["detail"]
+    r = run_cli(*build_args(server, tmp_path / "b", "--structured-output", "none", n=3))
+    assert r.exit_code == 0, r.stderr
+    assert len(read_jsonl(tmp_path / "b" / "pairs.jsonl")) == 3

@@ -160,8 +160,12 @@ class Builder:
             if pair is not None:
                 st.pairs[q.id] = pair
                 self.progress.update(1)
+                usage = self.llm.usage
                 self.progress.set_postfix(
-                    calls=self.llm.usage.requests, cost=f"${self.llm.usage.cost_usd:.3f}", refresh=False
+                    calls=usage.requests,
+                    tokens=usage.prompt_tokens + usage.completion_tokens,
+                    cost=f"${usage.cost_usd:.3f}",
+                    refresh=False,
                 )
         finally:
             st.in_flight -= 1

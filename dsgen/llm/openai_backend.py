@@ -91,7 +91,10 @@ class OpenAIBackend:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise TransientError("server_error", f"{e.status_code} {e.message}", _retry_after(e)) from None
             fatal = e.status_code in (401, 403)
-            raise PermanentError("bad_request", f"{e.status_code} {e.message}", fatal=fatal) from None
+            detail = f"{e.status_code} {e.message}"
+            if "response_format" in detail or "json_schema" in detail:
+                detail += " (for servers without JSON-schema output, use --structured-output json_object or none)"
+            raise PermanentError("bad_request", detail, fatal=fatal) from None
         except openai.APIResponseValidationError as e:
             raise TransientError("malformed_response", str(e)) from None
         return _read_completion(data, request.logprobs)

@@ -92,6 +92,12 @@ def cli() -> None:
 @click.option(
     "--max-failure-rate", type=float, help="Share of failed calls above which the build exits 1. Default 0.25."
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    default=None,
+    help="Ask again for answers that failed (malformed, refused) on an earlier run; by default they are reused.",
+)
 @click.option("--dry-run", is_flag=True, help="Print planned calls, tokens and cost; call and write nothing.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a machine-readable summary (the manifest, or the plan) on stdout."

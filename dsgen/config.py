@@ -68,6 +68,7 @@ class BuildConfig(BaseModel):
     structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
     near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
     max_failure_rate: float = Field(default=0.25, ge=0, le=1)
+    retry_failed: bool = Field(default=False, description="ask again for calls that failed on an earlier run")
     max_cost: float | None = Field(default=None, ge=0)
     prices: Path | None = None
 
@@ -109,6 +110,8 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> BuildCon
             raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except OSError as e:
             raise InputError(f"--config {config_file}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--config {config_file}: not UTF-8 text") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""

@@ -95,16 +95,18 @@ class DomainSpec(_Strict):
 class Domain:
     name: str
     folder: Path
-    base_folder: Path
+    roots: list[Path]  # template roots searched for `_base/...`: the user's folder first, then the package
     spec: DomainSpec
     env: jinja2.Environment = field(repr=False)
     _templates: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
 
     def files(self) -> dict[str, Path]:
-        """Every file this domain's prompts depend on, by its path relative to the templates root."""
-        out = {f"{self.name}/{p.name}": p for p in sorted(self.folder.iterdir()) if p.is_file()}
-        out.update({f"{BASE}/{p.name}": p for p in sorted(self.base_folder.iterdir()) if p.is_file()})
-        return out
+        """The spec and templates this domain's prompts depend on, by path relative to a templates root."""
+        out = {f"{self.name}/{p.name}": p for p in sorted(self.folder.iterdir()) if _is_domain_file(p)}
+        for root in reversed(self.roots):  # the user's _base files win over the packaged ones
+            if (root / BASE).is_dir():
+                out.update({f"{BASE}/{p.name}": p for p in sorted((root / BASE).iterdir()) if _is_domain_file(p)})
+        return dict(sorted(out.items()))
 
     def template_hashes(self) -> dict[str, str]:
         return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for rel, p in self.files().items()}
@@ -148,32 +150,36 @@ def available_domains(user_dir: Path | None = None) -> dict[str, Path]:
     return found
 
 
+def _is_domain_file(path: Path) -> bool:
+    return path.is_file() and (path.name == SPEC_FILE or path.suffix == ".j2")
+
+
 def load_domains(names: list[str], user_dir: Path | None = None) -> list[Domain]:
     if user_dir is not None and not user_dir.is_dir():
         raise InputError(f"--templates {user_dir}: not a folder (it should hold one subfolder per domain)")
     found = available_domains(user_dir)
-    base = user_dir / BASE if user_dir and (user_dir / BASE).is_dir() else packaged_templates() / BASE
+    roots = ([user_dir] if user_dir else []) + [packaged_templates()]
     domains = []
-    for name in names:
+    for name in dict.fromkeys(names):  # a domain named twice is built once
         if name not in found:
             known = ", ".join(sorted(found))
             raise InputError(f"unknown domain {name!r}: known domains are {known} (add one with --templates DIR)")
         if not _NAME.match(name):
             raise InputError(f"{found[name]}: domain folder names are lowercase letters, digits and _")
-        domains.append(load_domain(found[name], base))
+        domains.append(load_domain(found[name], roots))
     return domains
 
 
-def load_domain(folder: Path, base: Path) -> Domain:
+def load_domain(folder: Path, roots: list[Path]) -> Domain:
     spec = load_spec(folder / SPEC_FILE, expected_name=folder.name)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(folder), str(base.parent)]),
+        loader=jinja2.FileSystemLoader([str(folder), *map(str, roots)]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
         auto_reload=False,  # templates are fixed for a run: no stat() of the file on every render
     )
-    domain = Domain(folder.name, folder, base, spec, env)
+    domain = Domain(folder.name, folder, roots, spec, env)
     _check_templates(domain)
     return domain
 
@@ -188,6 +194,8 @@ def load_spec(path: Path, expected_name: str) -> DomainSpec:
         raise InputError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a domain spec is a YAML mapping (name, description, topics, ...)")
     raw.setdefault("name", expected_name)
@@ -241,6 +249,10 @@ def _check_templates(domain: Domain) -> None:
                 raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
             except jinja2.UndefinedError as e:
                 raise InputError(f"{_template_frame(e, domain)}: {e.message}") from None
+            except UnicodeDecodeError:
+                raise InputError(f"{domain.folder}: a template is not UTF-8 text") from None
+            except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError) as e:
+                raise InputError(f"{_template_frame(e, domain)}: {type(e).__name__}: {e}") from None
 
 
 def _template_frame(err: BaseException, domain: Domain) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .domains import Domain
 from .errors import InputError
-from .jsonio import atomic_write_text, dumps, write_json
+from .jsonio import atomic_write_bytes, dumps, write_json
 
 MANIFEST = "manifest.json"
 QUESTIONS = "questions.jsonl"
@@ -127,8 +127,12 @@ class RunDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the run directory for one dsgen process at a time (released if the process dies)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK, "w") as f:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path / LOCK, "w")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise InputError(f"--out {self.path}: cannot create the run directory ({e.strerror})") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -147,8 +151,9 @@ class RunDir:
         for domain in domains:
             for rel, src in domain.files().items():
                 dest = self.path / TEMPLATES / rel
-                if not dest.is_file() or dest.read_bytes() != src.read_bytes():
-                    atomic_write_text(dest, src.read_text(encoding="utf-8"))
+                data = src.read_bytes()
+                if not dest.is_file() or dest.read_bytes() != data:
+                    atomic_write_bytes(dest, data)
 
     def clear_stale_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp"):

@@ -351,3 +351,63 @@ def test_server_without_json_schema_fails_clearly_and_works_with_plain_json(fake
     r = run_cli(*build_args(server, tmp_path / "b", "--structured-output", "none", n=3))
     assert r.exit_code == 0, r.stderr
     assert len(read_jsonl(tmp_path / "b" / "pairs.jsonl")) == 3
+
+
+def test_a_domain_named_twice_is_built_once(fake, tmp_path):
+    server = fake()
+    out = tmp_path / "run"
+    assert run_cli(*build_args(server, out, n=3, domains=("legal", "legal"))).exit_code == 0
+    assert len(read_jsonl(out / "pairs.jsonl")) == 3
+
+
+def test_failed_calls_are_not_paid_again_on_rerun(fake, tmp_path):
+    server = fake(rates={"refusal": 0.7})
+    out = tmp_path / "run"
+    args = build_args(server, out, "--max-failure-rate", "1", n=8)
+    assert run_cli(*args).exit_code == 0
+    assert read_jsonl(out / "failures.jsonl")
+    paid, before = server.chat_requests, snapshot(out)
+    assert run_cli(*args).exit_code == 0
+    assert server.chat_requests == paid and snapshot(out) == before
+    assert run_cli(*args, "--retry-failed").exit_code == 0
+    assert server.chat_requests > paid  # asked again on request
+
+
+def test_endpoint_down_stops_every_queued_call(fake, tmp_path):
+    server = fake(rates={"server_error": 1.0})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("transient_attempts: 2\n")
+    r = run_cli(*build_args(server, tmp_path / "run", "--config", str(cfg), "--concurrency", "4", n=100))
+    assert r.exit_code == 4
+    # 125 question calls are queued; without the stop each would make its 2 attempts (250 requests).
+    # Once the first call gives up, no call starts another attempt.
+    assert server.chat_requests <= 40
+
+
+def test_unwritable_out_and_bad_cache_exit_2(fake, tmp_path):
+    server = fake()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = run_cli(*build_args(server, afile / "sub"))
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    folder = tmp_path / "cachedir"
+    folder.mkdir()
+    r = run_cli(*build_args(server, tmp_path / "run", "--cache", str(folder)))
+    assert r.exit_code == 2 and "cannot open the response cache" in r.stderr
+
+
+def test_interrupted_build_keeps_outputs_and_spend(fake, tmp_path):
+    server = fake(latency=0.05)
+    out = tmp_path / "run"
+    proc = dsgen_subprocess(*build_args(server, out, "--concurrency", "2", n=200))
+    deadline = time.monotonic() + 60
+    while server.chat_requests < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "re-run" in stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["usage"]["total"]["requests"] > 0
+    assert (out / "questions.jsonl").exists()

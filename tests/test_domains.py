@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -94,3 +95,31 @@ def test_user_folder_overrides_a_builtin_domain(tmp_path):
     shutil.copytree(packaged_templates() / "legal", tmp_path / "legal")
     [domain] = load_domains(["legal"], tmp_path)
     assert domain.folder == tmp_path / "legal"
+
+
+def test_a_template_error_some_prompts_hit_stops_the_run_with_its_location(fake, tmp_path):
+    folder = user_domain(tmp_path / "tpl")
+    first = yaml.safe_load((folder / "spec.yaml").read_text())["harm_categories"][0]["name"]
+    (folder / "answer.j2").write_text(
+        "=== user ===\n{{ question }}\n"
+        f"{{% if harm_category.name != '{first}' %}}{{{{ harm_category.nope }}}}{{% endif %}}\n"
+    )
+    server = fake()
+    out = tmp_path / "run"
+    r = run_cli(
+        *build_args(
+            server, out, "--templates", str(tmp_path / "tpl"), "--pair-mode", "separate", n=6, domains=("finance",)
+        )
+    )
+    assert r.exit_code == 2, r.stderr
+    assert "answer.j2:3" in r.stderr and "nope" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "questions.jsonl").exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_a_partial_user_base_falls_back_to_the_packaged_templates(fake, tmp_path):
+    (tmp_path / "tpl" / "_base").mkdir(parents=True)
+    shutil.copy(packaged_templates() / "_base" / "questions.j2", tmp_path / "tpl" / "_base" / "questions.j2")
+    server = fake()
+    r = run_cli(*build_args(server, tmp_path / "run", "--templates", str(tmp_path / "tpl"), n=2))
+    assert r.exit_code == 0, r.stderr

@@ -139,7 +139,12 @@ def test_client_asks_again_with_a_new_seed_when_the_answer_is_unusable(tmp_path)
     outcome = asyncio.run(client.call(BASE, parse))
     assert not outcome.ok and outcome.reason == "malformed" and outcome.attempts == 3
     assert len(set(seeds)) == 3  # three different samples were asked for
-    assert len(client.cache) == 0  # failures are not cached: a re-run tries again
+    assert len(client.cache) == 0  # no answer is stored...
+    again = asyncio.run(client.call(BASE, parse))  # ...but the failure is: a re-run does not pay again
+    assert again.cached and again.reason == "malformed" and backend.calls == 3
+    client.retry_failed = True
+    asyncio.run(client.call(BASE, parse))
+    assert backend.calls == 6
 
 
 def test_requests_per_minute_limit_spaces_calls(tmp_path):

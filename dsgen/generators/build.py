@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 from tqdm import tqdm
 
 from ..config import BuildConfig
 from ..domains import Domain
-from ..errors import DsgenError
+from ..errors import DsgenError, InputError, ResultFailed
 from ..llm.client import LLMClient, Outcome
 from ..records import Failure, Pair, Question, content_id
 from ..textmatch import NearDuplicateIndex
@@ -48,7 +50,8 @@ class DomainBuild:
     accepted: list[Question] = field(default_factory=list)
     pairs: dict[str, Pair] = field(default_factory=dict)  # question id -> pair
     failures: list[Failure] = field(default_factory=list)
-    question_calls: int = 0
+    question_calls: int = 0  # calls planned so far (the next call's index)
+    questions_asked: int = 0  # calls that ended with questions or a recorded failure
     pair_attempts: int = 0
     cursor: int = 0  # next accepted question to pair
     in_flight: int = 0
@@ -67,6 +70,8 @@ class Builder:
         self.structured = llm.backend.structured
         self.pair_mode = cfg.pair_mode if cfg.pair_mode != "auto" else ("joint" if self.structured else "separate")
         self.fatal: DsgenError | None = None
+        self.crash: BaseException | None = None  # an unexpected error, re-raised once outputs are written
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.states = [
             DomainBuild(d, cfg.n, plan_combos(d, cfg.seed), NearDuplicateIndex(cfg.near_duplicate_threshold))
             for d in domains
@@ -81,7 +86,34 @@ class Builder:
         try:
             await asyncio.gather(*(self._build_domain(s) for s in self.states))
         finally:
+            # On a stop, Ctrl-C or crash: no call may outlive the run (nor its HTTP client).
+            pending = [t for t in self._tasks if not t.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             self.progress.close()
+
+    def _spawn(self, coro) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _stop_on(self, err: Exception) -> None:
+        """Stop the run on an error no retry fixes: a template that fails to render, or a bug."""
+        if isinstance(err, jinja2.TemplateError):
+            where = next(
+                (
+                    f"{f.filename}:{f.lineno}"
+                    for f in reversed(traceback.extract_tb(err.__traceback__))
+                    if f.filename.endswith(".j2")
+                ),
+                "template",
+            )
+            self.fatal = self.fatal or InputError(f"{where}: {err}")
+        else:
+            self.crash = self.crash or err
+            self.fatal = self.fatal or ResultFailed(f"internal error: {type(err).__name__}: {err}")
 
     # ---- questions, in waves ----------------------------------------------------------------
 
@@ -90,10 +122,11 @@ class Builder:
         while self.fatal is None and st.needed > 0 and st.question_calls < self.max_question_calls:
             wave = min(wave, self.max_question_calls - st.question_calls)
             first, st.question_calls = st.question_calls, st.question_calls + wave
-            calls = [asyncio.ensure_future(self._ask_questions(st, i)) for i in range(first, first + wave)]
+            calls = [self._spawn(self._ask_questions(st, i)) for i in range(first, first + wave)]
             for i, task in zip(range(first, first + wave), calls):
                 outcome = await task  # in call order: duplicates are decided in that order
                 if outcome is not None:
+                    st.questions_asked += 1
                     self._take_questions(st, i, outcome)
                 self._top_up(st)
             while st.tasks:
@@ -103,8 +136,12 @@ class Builder:
             wave = math.ceil(st.needed * 1.3 / max(per_call, 0.2))
 
     async def _ask_questions(self, st: DomainBuild, call: int) -> tuple[Combo, Outcome[list[str]]] | None:
-        combo, request = question_request(st.domain, st.combos, call, self.cfg, self.model, self.structured)
-        outcome = await self._guarded(request, parse_questions(self.cfg.questions_per_call, self.structured))
+        try:
+            combo, request = question_request(st.domain, st.combos, call, self.cfg, self.model, self.structured)
+            outcome = await self._guarded(request, parse_questions(self.cfg.questions_per_call, self.structured))
+        except Exception as e:  # noqa: BLE001 - recorded, then the run stops and re-raises it
+            self._stop_on(e)
+            return None
         return None if outcome is None else (combo, outcome)
 
     def _take_questions(self, st: DomainBuild, call: int, result: tuple[Combo, Outcome[list[str]]]) -> None:
@@ -150,13 +187,17 @@ class Builder:
             st.cursor += 1
             st.in_flight += 1
             st.pair_attempts += 1
-            task = asyncio.ensure_future(self._make_pair(st, q))
+            task = self._spawn(self._make_pair(st, q))
             st.tasks.add(task)
             task.add_done_callback(st.tasks.discard)
 
     async def _make_pair(self, st: DomainBuild, q: Question) -> None:
         try:
-            pair = await self._pair_for(st, q)
+            try:
+                pair = await self._pair_for(st, q)
+            except Exception as e:  # noqa: BLE001 - recorded, then the run stops and re-raises it
+                self._stop_on(e)
+                pair = None
             if pair is not None:
                 st.pairs[q.id] = pair
                 self.progress.update(1)
@@ -179,6 +220,7 @@ class Builder:
             harm_names = {h.name for h in domain.spec.harm_categories}
             outcome = await self._guarded(request, parse_pair(harm_names, q.harm_category))
             if outcome is None:
+                st.pair_attempts -= 1  # stopped before it was made
                 return None
             if not outcome.ok:
                 self._record_failure(st, "pair", q, outcome)
@@ -196,6 +238,7 @@ class Builder:
                 )
             )
             if any(o is None for o in outcomes):
+                st.pair_attempts -= 1  # stopped before it was made
                 return None
             for side, o in zip(("aligned", "misaligned"), outcomes):
                 if not o.ok:
@@ -263,7 +306,7 @@ class Builder:
         for st in self.states:
             reasons = Counter(f"{f.stage}:{f.reason}" for f in st.failures)
             out["per_domain"][st.domain.name] = {
-                "question_calls": st.question_calls,
+                "question_calls": st.questions_asked,
                 "questions": len(st.questions),
                 "duplicates": len(st.questions) - len(st.accepted),
                 "unique_questions": len(st.accepted),
@@ -273,7 +316,7 @@ class Builder:
                 "failures": dict(sorted(reasons.items())),
             }
         per_pair = 1 if self.pair_mode == "joint" else 2
-        logical = sum(st.question_calls + per_pair * st.pair_attempts for st in self.states)
+        logical = sum(st.questions_asked + per_pair * st.pair_attempts for st in self.states)
         failed = sum(len(st.failures) for st in self.states)
         out["logical_calls"] = logical
         out["failed_calls"] = failed

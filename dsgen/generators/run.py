@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import BuildConfig
@@ -49,7 +51,8 @@ def data_settings(cfg: BuildConfig, domains: list[Domain], structured: bool) -> 
 
 
 def plan_build(cfg: BuildConfig, domains: list[Domain], structured: bool, prices: PriceTable) -> dict[str, Any]:
-    """Planned calls, tokens and cost (an upper bound: every answer at its max tokens), calling nothing."""
+    """Planned calls, tokens and cost of a run without failures or duplicates (each answer at its max
+    tokens, so a high estimate of those calls), calling nothing."""
     model = cfg.resolved_model()
     settings = data_settings(cfg, domains, structured)
     rows, totals = [], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
@@ -89,6 +92,13 @@ def plan_build(cfg: BuildConfig, domains: list[Domain], structured: bool, prices
         "stages": rows,
         "total": totals,
     }
+
+
+def open_cache(path: Path) -> ResponseCache:
+    try:
+        return ResponseCache(path)
+    except (sqlite3.Error, OSError) as e:
+        raise InputError(f"--cache {path}: cannot open the response cache ({e})") from None
 
 
 def make_backend(cfg: BuildConfig):
@@ -136,7 +146,8 @@ def _build_in(run, cfg, domains, backend, prices, settings, previous, held, quie
             held.enter_context(run.locked())
             previous = run.read_manifest()  # again, now that no other process can change it
             run.check_resumable(previous, settings)
-            cache = ResponseCache(cfg.cache or run.file(CACHE))
+            _start_manifest(run, previous, cfg, settings, domains, command)
+            cache = open_cache(cfg.cache or run.file(CACHE))
             held.callback(cache.close)
             spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
             llm = LLMClient(
@@ -147,17 +158,26 @@ def _build_in(run, cfg, domains, backend, prices, settings, previous, held, quie
                 retry=RetryPolicy(transient_attempts=cfg.transient_attempts, parse_attempts=cfg.parse_attempts),
                 requests_per_minute=cfg.requests_per_minute,
                 tokens_per_minute=cfg.tokens_per_minute,
-                max_cost=None if cfg.max_cost is None else cfg.max_cost - spent_before,
+                max_cost=cfg.max_cost,
+                spent_before=spent_before,
+                retry_failed=cfg.retry_failed,
             )
             builder = Builder(cfg, domains, llm, model, quiet)
-            _start_manifest(run, previous, cfg, settings, domains, command)
             await builder.run()
         finally:
             await backend.aclose()
 
-    asyncio.run(go())
+    interrupted: KeyboardInterrupt | None = None
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt as e:
+        if builder is None:
+            raise
+        interrupted = e  # keep what was made: write it, then let the CLI report the interruption
     assert builder is not None
-    if isinstance(builder.fatal, BudgetExceeded):
+    if interrupted is not None:
+        exit_code, status, message = 130, "interrupted", "interrupted"
+    elif isinstance(builder.fatal, BudgetExceeded):
         exit_code, status, message = 3, "budget_stopped", str(builder.fatal)
     elif isinstance(builder.fatal, RemoteError):
         exit_code, status, message = 4, "remote_failed", str(builder.fatal)
@@ -179,6 +199,10 @@ def _build_in(run, cfg, domains, backend, prices, settings, previous, held, quie
         short = f", shortfall {counts['shortfall']} (see manifest counts)" if counts["shortfall"] else ""
         message = f"{counts['pairs']} pairs in {run.file(PAIRS)}{short}"
     manifest = _finish_manifest(run, status, counts, builder, previous, time.monotonic() - started)
+    if interrupted is not None:
+        raise interrupted
+    if builder.crash is not None:
+        raise builder.crash
     return BuildResult(exit_code, message, manifest=manifest)
 
 
@@ -194,9 +218,7 @@ def _start_manifest(
     domains: list[Domain],
     command: str,
 ) -> None:
-    run.path.mkdir(parents=True, exist_ok=True)
     run.clear_stale_temp_files()
-    run.copy_templates(domains)
     manifest = (
         previous.model_copy() if previous else Manifest(fingerprint=fingerprint(settings), settings=settings, n=cfg.n)
     )
@@ -206,7 +228,8 @@ def _start_manifest(
     manifest.config["command"] = command
     manifest.templates = settings["templates"]
     manifest.models = {"generator": settings["model"], "backend": settings["backend"]}
-    run.write_manifest(manifest)
+    run.write_manifest(manifest)  # first: a folder with a manifest is a run, whatever happens next
+    run.copy_templates(domains)
 
 
 def _finish_manifest(
@@ -230,7 +253,11 @@ def _finish_manifest(
 
 
 def print_plan(plan: dict[str, Any], out=sys.stderr) -> None:
-    print(f"model {plan['model']} via {plan['backend']} (cost upper bound: every answer at max tokens)", file=out)
+    print(
+        f"model {plan['model']} via {plan['backend']}: calls of a run without failures or duplicates, "
+        "every answer at its max tokens",
+        file=out,
+    )
     print(f"{'domain':<12}{'stage':<12}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=out)
     for r in plan["stages"]:
         print(

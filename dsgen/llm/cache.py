@@ -24,6 +24,11 @@ class ResponseCache:
             "CREATE TABLE IF NOT EXISTS responses ("
             " key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS failures ("
+            " key TEXT PRIMARY KEY, reason TEXT NOT NULL, detail TEXT NOT NULL, attempts INTEGER NOT NULL,"
+            " created REAL NOT NULL)"
+        )
 
     def get(self, key: str) -> ChatResponse | None:
         row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
@@ -33,6 +38,16 @@ class ResponseCache:
         self._db.execute(
             "INSERT OR REPLACE INTO responses (key, request, response, created) VALUES (?, ?, ?, ?)",
             (key, request.model_dump_json(), response.model_dump_json(), time.time()),
+        )
+
+    def get_failure(self, key: str) -> tuple[str, str, int] | None:
+        """(reason, detail, attempts) of a call that failed on an earlier invocation."""
+        return self._db.execute("SELECT reason, detail, attempts FROM failures WHERE key = ?", (key,)).fetchone()
+
+    def put_failure(self, key: str, reason: str, detail: str, attempts: int) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO failures (key, reason, detail, attempts, created) VALUES (?, ?, ?, ?, ?)",
+            (key, reason, detail, attempts, time.time()),
         )
 
     def __len__(self) -> int:

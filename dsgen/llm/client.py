@@ -70,6 +70,8 @@ class LLMClient:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
         max_cost: float | None = None,
+        spent_before: float = 0.0,
+        retry_failed: bool = False,
     ):
         self.backend = backend
         self.cache = cache
@@ -77,11 +79,13 @@ class LLMClient:
         self.retry = retry or RetryPolicy()
         self.usage = Usage()
         self.max_cost = max_cost
+        self.spent_before = spent_before  # spent by earlier invocations on the same run
+        self.retry_failed = retry_failed  # ask again for calls that failed on an earlier invocation
         self._sem = asyncio.Semaphore(concurrency)
         self._rpm = AsyncLimiter(requests_per_minute, 60) if requests_per_minute else None
         self._tpm = AsyncLimiter(tokens_per_minute, 60) if tokens_per_minute else None
         self._reserved = 0.0  # worst-case cost of calls in flight
-        self._stopped: BudgetExceeded | None = None
+        self._stopped: BudgetExceeded | RemoteError | None = None  # once set, no new attempt starts
 
     async def call(self, request: ChatRequest, parse: Callable[[ChatResponse], T]) -> Outcome[T]:
         """Return the parsed answer (from the cache when there is one) or a failure with its reason.
@@ -98,6 +102,11 @@ class LLMClient:
             else:
                 self.usage.add_cache_hit(request.tag)
                 return Outcome(key, value=value, cached=True)
+        failed = None if self.retry_failed else self.cache.get_failure(key)
+        if failed is not None:
+            self.usage.add_cache_hit(request.tag)
+            reason, detail, attempts = failed
+            return Outcome(key, reason=reason, detail=detail, attempts=attempts, cached=True)
         last = ParseError("malformed", "no attempt made")
         for attempt in range(self.retry.parse_attempts):
             try:
@@ -114,7 +123,9 @@ class LLMClient:
                 continue
             self.cache.put(key, request, response)
             return Outcome(key, value=value, attempts=attempt + 1)
-        return Outcome(key, reason=last.reason, detail=last.detail[:500], attempts=self.retry.parse_attempts)
+        detail = last.detail[:500]
+        self.cache.put_failure(key, last.reason, detail, self.retry.parse_attempts)
+        return Outcome(key, reason=last.reason, detail=detail, attempts=self.retry.parse_attempts)
 
     def _worst_case_cost(self, request: ChatRequest) -> float:
         return self.prices.cost(request.model, estimate_prompt_tokens(request), request.max_tokens)
@@ -123,10 +134,11 @@ class LLMClient:
         if self._stopped is not None:
             raise self._stopped
         worst = self._worst_case_cost(request)
-        if self.max_cost is not None and self.usage.cost_usd + self._reserved + worst > self.max_cost:
+        spent = self.spent_before + self.usage.cost_usd
+        if self.max_cost is not None and spent + self._reserved + worst > self.max_cost:
             self._stopped = BudgetExceeded(
-                f"stopped before exceeding --max-cost {self.max_cost:g} USD "
-                f"(spent {self.usage.cost_usd:.4f}); re-run with a larger budget to resume"
+                f"stopped before exceeding --max-cost {self.max_cost:g} USD (spent {spent:.4f} USD on this run); "
+                "re-run with a larger budget to resume"
             )
             raise self._stopped
         self._reserved += worst
@@ -135,32 +147,35 @@ class LLMClient:
     async def _send(self, request: ChatRequest, seed: int) -> ChatResponse:
         """One answer from the backend, retrying transient faults. Every attempt is counted."""
         for attempt in range(self.retry.transient_attempts):
-            worst = self._reserve(request)
-            try:
-                if self._rpm:
-                    await self._rpm.acquire()
-                if self._tpm:
-                    await self._tpm.acquire(
-                        min(estimate_prompt_tokens(request) + request.max_tokens, self._tpm.max_rate)
-                    )
-                async with self._sem:
+            if self._rpm:
+                await self._rpm.acquire()
+            if self._tpm:
+                tokens = estimate_prompt_tokens(request) + request.max_tokens
+                await self._tpm.acquire(min(tokens, self._tpm.max_rate))
+            async with self._sem:
+                # Reserved only once a slot is free, so queued calls do not hold budget.
+                worst = self._reserve(request)
+                try:
                     response = await self.backend.complete(request, seed)
-            except PermanentError as e:
-                self.usage.add_failed_request(request.tag, e.reason)
-                raise
-            except TransientError as e:
-                self.usage.add_failed_request(request.tag, e.reason)
-                if attempt + 1 == self.retry.transient_attempts:
-                    raise RemoteError(
-                        f"the model endpoint failed {attempt + 1} times in a row ({e.reason}: {e.detail[:200]}); "
-                        "everything so far is kept: re-run the same command to resume"
-                    ) from None
-                delay = self.retry.delay(attempt, e.retry_after)
-            else:
-                cost = self.prices.cost(request.model, response.prompt_tokens, response.completion_tokens)
-                self.usage.add_request(request.tag, response.prompt_tokens, response.completion_tokens, cost)
-                return response
-            finally:
-                self._reserved -= worst
-            await asyncio.sleep(delay)
+                except PermanentError as e:
+                    self.usage.add_failed_request(request.tag, e.reason)
+                    raise
+                except TransientError as e:
+                    self.usage.add_failed_request(request.tag, e.reason)
+                    failure = e
+                else:
+                    pt, ct = response.prompt_tokens, response.completion_tokens
+                    if not (pt or ct):  # a server that reports no usage: estimate, so that budgets still hold
+                        pt, ct = estimate_prompt_tokens(request), len(response.text) // CHARS_PER_TOKEN
+                    self.usage.add_request(request.tag, pt, ct, self.prices.cost(request.model, pt, ct))
+                    return response
+                finally:
+                    self._reserved -= worst
+            if attempt + 1 == self.retry.transient_attempts:
+                self._stopped = self._stopped or RemoteError(
+                    f"the model endpoint failed {attempt + 1} times in a row ({failure.reason}: "
+                    f"{failure.detail[:200]}); everything so far is kept: re-run the same command to resume"
+                )
+                raise self._stopped
+            await asyncio.sleep(self.retry.delay(attempt, failure.retry_after))
         raise AssertionError("unreachable")

@@ -56,7 +56,11 @@ class OpenAIBackend:
             ) from None
         except openai.APIStatusError as e:
             raise InputError(f"{where} answered {e.status_code} to GET /models: {e.message}") from None
-        served = [m.id for m in page.data]
+        except Exception as e:  # noqa: BLE001 - a bad URL or a body that is not a model list
+            raise InputError(
+                f"{where} did not answer like an OpenAI-compatible server ({type(e).__name__}: {e})"
+            ) from None
+        served = [getattr(m, "id", None) for m in getattr(page, "data", None) or []]
         if served and self.model not in served and self.base_url.rstrip("/") != OPENAI_URL:
             shown = ", ".join(served[:5])
             raise InputError(f"{where} does not serve model {self.model!r} (it serves: {shown}): fix --model")

@@ -30,7 +30,7 @@ class PriceTable:
         if override is not None:
             try:
                 raw = yaml.safe_load(override.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as e:
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
                 raise InputError(f"{override}: cannot read price table: {e}".splitlines()[0]) from None
             table.update(cls._parse(raw, str(override)))
         return cls(table)

@@ -248,16 +248,16 @@ def _check_templates(domain: Domain) -> None:
             except jinja2.TemplateSyntaxError as e:
                 raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
             except jinja2.UndefinedError as e:
-                raise InputError(f"{_template_frame(e, domain)}: {e.message}") from None
+                raise InputError(f"{template_location(e, str(domain.folder))}: {e.message}") from None
             except UnicodeDecodeError:
                 raise InputError(f"{domain.folder}: a template is not UTF-8 text") from None
             except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError) as e:
-                raise InputError(f"{_template_frame(e, domain)}: {type(e).__name__}: {e}") from None
+                raise InputError(f"{template_location(e, str(domain.folder))}: {type(e).__name__}: {e}") from None
 
 
-def _template_frame(err: BaseException, domain: Domain) -> str:
+def template_location(err: BaseException, default: str) -> str:
     """file:line of the template line that raised (Jinja rewrites tracebacks to point at templates)."""
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
         if frame.filename.endswith(".j2"):
             return f"{frame.filename}:{frame.lineno}"
-    return str(domain.folder)
+    return default

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ import jinja2
 from tqdm import tqdm
 
 from ..config import BuildConfig
-from ..domains import Domain
+from ..domains import Domain, template_location
 from ..errors import DsgenError, InputError, ResultFailed
 from ..llm.client import LLMClient, Outcome
 from ..records import Failure, Pair, Question, content_id
@@ -102,15 +101,7 @@ class Builder:
     def _stop_on(self, err: Exception) -> None:
         """Stop the run on an error no retry fixes: a template that fails to render, or a bug."""
         if isinstance(err, jinja2.TemplateError):
-            where = next(
-                (
-                    f"{f.filename}:{f.lineno}"
-                    for f in reversed(traceback.extract_tb(err.__traceback__))
-                    if f.filename.endswith(".j2")
-                ),
-                "template",
-            )
-            self.fatal = self.fatal or InputError(f"{where}: {err}")
+            self.fatal = self.fatal or InputError(f"{template_location(err, 'template')}: {err}")
         else:
             self.crash = self.crash or err
             self.fatal = self.fatal or ResultFailed(f"internal error: {type(err).__name__}: {err}")
@@ -147,17 +138,7 @@ class Builder:
     def _take_questions(self, st: DomainBuild, call: int, result: tuple[Combo, Outcome[list[str]]]) -> None:
         combo, outcome = result
         if not outcome.ok:
-            st.failures.append(
-                Failure(
-                    stage="questions",
-                    domain=st.domain.name,
-                    reason=outcome.reason,
-                    detail=outcome.detail,
-                    attempts=outcome.attempts,
-                    cache_key=outcome.key,
-                    call=call,
-                )
-            )
+            self._record_failure(st, "questions", outcome, call=call)
             return
         for pos, text in enumerate(outcome.value or []):
             qid = content_id(st.domain.name, text)
@@ -223,7 +204,7 @@ class Builder:
                 st.pair_attempts -= 1  # stopped before it was made
                 return None
             if not outcome.ok:
-                self._record_failure(st, "pair", q, outcome)
+                self._record_failure(st, "pair", outcome, question_id=q.id)
                 return None
             answers, keys = outcome.value, [outcome.key]
             aligned, misaligned, harm_name = answers.aligned, answers.misaligned, answers.harm_category
@@ -242,7 +223,7 @@ class Builder:
                 return None
             for side, o in zip(("aligned", "misaligned"), outcomes):
                 if not o.ok:
-                    self._record_failure(st, side, q, o)
+                    self._record_failure(st, side, o, question_id=q.id)
             if not all(o.ok for o in outcomes):
                 return None
             aligned, misaligned = outcomes[0].value, outcomes[1].value
@@ -263,7 +244,15 @@ class Builder:
             cache_keys=keys,
         )
 
-    def _record_failure(self, st: DomainBuild, stage: str, q: Question, outcome: Outcome[Any]) -> None:
+    def _record_failure(
+        self,
+        st: DomainBuild,
+        stage: str,
+        outcome: Outcome[Any],
+        *,
+        call: int | None = None,
+        question_id: str | None = None,
+    ) -> None:
         st.failures.append(
             Failure(
                 stage=stage,
@@ -272,7 +261,8 @@ class Builder:
                 detail=outcome.detail,
                 attempts=outcome.attempts,
                 cache_key=outcome.key,
-                question_id=q.id,
+                call=call,
+                question_id=question_id,
             )
         )
 

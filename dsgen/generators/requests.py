@@ -83,18 +83,22 @@ def question_request(
         harm_category=domain.spec.harm(combo.harm_category),
         k=cfg.questions_per_call,
     )
-    request = ChatRequest(
-        model=model,
-        messages=messages,
-        temperature=cfg.resolved_sampling()[0],
-        top_p=cfg.resolved_sampling()[1],
+    request = _request(
+        cfg,
+        model,
+        messages,
         max_tokens=cfg.resolved_max_tokens().questions,
-        seed=cfg.seed,
+        tag="questions",
         response_format=_response_format(cfg, "questions", QuestionList) if structured else None,
         sample=call // len(combos),  # cycles through the combos ask for new samples
-        tag="questions",
     )
     return combo, request
+
+
+def _request(cfg: BuildConfig, model: str, messages: list[dict[str, str]], **fields: Any) -> ChatRequest:
+    """A request with the run's sampling settings."""
+    temperature, top_p = cfg.resolved_sampling()
+    return ChatRequest(model=model, messages=messages, temperature=temperature, top_p=top_p, seed=cfg.seed, **fields)
 
 
 def _clean(text: str) -> str:
@@ -144,43 +148,35 @@ def parse_questions(k: int, structured: bool):
 def pair_request(
     domain: Domain, question: str, harm: HarmCategory, cfg: BuildConfig, model: str, structured: bool
 ) -> ChatRequest:
-    return ChatRequest(
-        model=model,
-        messages=domain.render(
-            "pair",
-            structured=structured,
-            question=question,
-            harm_category=harm,
-            exemplar=domain.spec.exemplar_for(harm.name),
-        ),
-        temperature=cfg.resolved_sampling()[0],
-        top_p=cfg.resolved_sampling()[1],
+    messages = domain.render(
+        "pair",
+        structured=structured,
+        question=question,
+        harm_category=harm,
+        exemplar=domain.spec.exemplar_for(harm.name),
+    )
+    return _request(
+        cfg,
+        model,
+        messages,
         max_tokens=cfg.resolved_max_tokens().pair,
-        seed=cfg.seed,
-        response_format=_response_format(cfg, "pair", PairAnswer) if structured else None,
         tag="pair",
+        response_format=_response_format(cfg, "pair", PairAnswer) if structured else None,
     )
 
 
 def answer_request(
     domain: Domain, question: str, harm: HarmCategory, side: str, cfg: BuildConfig, model: str, structured: bool
 ) -> ChatRequest:
-    return ChatRequest(
-        model=model,
-        messages=domain.render(
-            "answer",
-            structured=structured,
-            question=question,
-            harm_category=harm,
-            side=side,
-            exemplar=domain.spec.exemplar_for(harm.name),
-        ),
-        temperature=cfg.resolved_sampling()[0],
-        top_p=cfg.resolved_sampling()[1],
-        max_tokens=cfg.resolved_max_tokens().answer,
-        seed=cfg.seed,
-        tag=side,
+    messages = domain.render(
+        "answer",
+        structured=structured,
+        question=question,
+        harm_category=harm,
+        side=side,
+        exemplar=domain.spec.exemplar_for(harm.name),
     )
+    return _request(cfg, model, messages, max_tokens=cfg.resolved_max_tokens().answer, tag=side)
 
 
 def _check_answer(text: str, side: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +78,6 @@ class Builder:
         self.progress = tqdm(
             total=cfg.n * len(domains), desc="pairs", unit="pair", disable=quiet, dynamic_ncols=True, leave=True
         )
-        self.started = time.monotonic()
 
     async def run(self) -> None:
         try:

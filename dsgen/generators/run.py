@@ -129,81 +129,78 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
 
     backend = make_backend(cfg)
     started = time.monotonic()
+    # Held until the outputs are written: the run-directory lock and the cache connection.
     with contextlib.ExitStack() as held:
-        return _build_in(run, cfg, domains, backend, prices, settings, previous, held, quiet, command, started)
+        exit_code, status, message = 0, "complete", ""
+        builder: Builder | None = None
+        cache: ResponseCache | None = None
 
+        async def go() -> None:
+            nonlocal builder, cache, previous
+            try:
+                await backend.check()  # before anything is written: an unreachable endpoint is bad input
+                held.enter_context(run.locked())
+                previous = run.read_manifest()  # again, now that no other process can change it
+                run.check_resumable(previous, settings)
+                _start_manifest(run, previous, cfg, settings, domains, command)
+                cache = open_cache(cfg.cache or run.file(CACHE))
+                held.callback(cache.close)
+                spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
+                llm = LLMClient(
+                    backend,
+                    cache,
+                    prices=prices,
+                    concurrency=cfg.concurrency,
+                    retry=RetryPolicy(transient_attempts=cfg.transient_attempts, parse_attempts=cfg.parse_attempts),
+                    requests_per_minute=cfg.requests_per_minute,
+                    tokens_per_minute=cfg.tokens_per_minute,
+                    max_cost=cfg.max_cost,
+                    spent_before=spent_before,
+                    retry_failed=cfg.retry_failed,
+                )
+                builder = Builder(cfg, domains, llm, model, quiet)
+                await builder.run()
+            finally:
+                await backend.aclose()
 
-def _build_in(run, cfg, domains, backend, prices, settings, previous, held, quiet, command, started) -> BuildResult:
-    model = settings["model"]
-    exit_code, status, message = 0, "complete", ""
-    builder: Builder | None = None
-    cache: ResponseCache | None = None
-
-    async def go() -> None:
-        nonlocal builder, cache, previous
+        interrupted: KeyboardInterrupt | None = None
         try:
-            await backend.check()  # before anything is written: an unreachable endpoint is bad input
-            held.enter_context(run.locked())
-            previous = run.read_manifest()  # again, now that no other process can change it
-            run.check_resumable(previous, settings)
-            _start_manifest(run, previous, cfg, settings, domains, command)
-            cache = open_cache(cfg.cache or run.file(CACHE))
-            held.callback(cache.close)
-            spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
-            llm = LLMClient(
-                backend,
-                cache,
-                prices=prices,
-                concurrency=cfg.concurrency,
-                retry=RetryPolicy(transient_attempts=cfg.transient_attempts, parse_attempts=cfg.parse_attempts),
-                requests_per_minute=cfg.requests_per_minute,
-                tokens_per_minute=cfg.tokens_per_minute,
-                max_cost=cfg.max_cost,
-                spent_before=spent_before,
-                retry_failed=cfg.retry_failed,
+            asyncio.run(go())
+        except KeyboardInterrupt as e:
+            if builder is None:
+                raise
+            interrupted = e  # keep what was made: write it, then let the CLI report the interruption
+        assert builder is not None
+        if interrupted is not None:
+            exit_code, status, message = 130, "interrupted", "interrupted"
+        elif isinstance(builder.fatal, BudgetExceeded):
+            exit_code, status, message = 3, "budget_stopped", str(builder.fatal)
+        elif isinstance(builder.fatal, RemoteError):
+            exit_code, status, message = 4, "remote_failed", str(builder.fatal)
+        elif builder.fatal is not None:
+            exit_code, status, message = builder.fatal.exit_code, "failed", str(builder.fatal)
+
+        questions, pairs, failures = builder.ordered_results()
+        write_jsonl(run.file(QUESTIONS), questions)
+        write_jsonl(run.file(PAIRS), pairs)
+        write_jsonl(run.file(FAILURES), failures)
+        counts = builder.counts()
+        if exit_code == 0 and counts["failure_rate"] > cfg.max_failure_rate:
+            exit_code, status = 1, "failed"
+            message = (
+                f"{counts['failed_calls']} of {counts['logical_calls']} calls failed "
+                f"({counts['failure_rate']:.1%} > --max-failure-rate {cfg.max_failure_rate:.0%}): "
+                f"see {run.file(FAILURES)}"
             )
-            builder = Builder(cfg, domains, llm, model, quiet)
-            await builder.run()
-        finally:
-            await backend.aclose()
-
-    interrupted: KeyboardInterrupt | None = None
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt as e:
-        if builder is None:
-            raise
-        interrupted = e  # keep what was made: write it, then let the CLI report the interruption
-    assert builder is not None
-    if interrupted is not None:
-        exit_code, status, message = 130, "interrupted", "interrupted"
-    elif isinstance(builder.fatal, BudgetExceeded):
-        exit_code, status, message = 3, "budget_stopped", str(builder.fatal)
-    elif isinstance(builder.fatal, RemoteError):
-        exit_code, status, message = 4, "remote_failed", str(builder.fatal)
-    elif builder.fatal is not None:
-        exit_code, status, message = builder.fatal.exit_code, "failed", str(builder.fatal)
-
-    questions, pairs, failures = builder.ordered_results()
-    write_jsonl(run.file(QUESTIONS), questions)
-    write_jsonl(run.file(PAIRS), pairs)
-    write_jsonl(run.file(FAILURES), failures)
-    counts = builder.counts()
-    if exit_code == 0 and counts["failure_rate"] > cfg.max_failure_rate:
-        exit_code, status = 1, "failed"
-        message = (
-            f"{counts['failed_calls']} of {counts['logical_calls']} calls failed "
-            f"({counts['failure_rate']:.1%} > --max-failure-rate {cfg.max_failure_rate:.0%}): see {run.file(FAILURES)}"
-        )
-    if exit_code == 0:
-        short = f", shortfall {counts['shortfall']} (see manifest counts)" if counts["shortfall"] else ""
-        message = f"{counts['pairs']} pairs in {run.file(PAIRS)}{short}"
-    manifest = _finish_manifest(run, status, counts, builder, previous, time.monotonic() - started)
-    if interrupted is not None:
-        raise interrupted
-    if builder.crash is not None:
-        raise builder.crash
-    return BuildResult(exit_code, message, manifest=manifest)
+        if exit_code == 0:
+            short = f", shortfall {counts['shortfall']} (see manifest counts)" if counts["shortfall"] else ""
+            message = f"{counts['pairs']} pairs in {run.file(PAIRS)}{short}"
+        manifest = _finish_manifest(run, status, counts, builder, previous, time.monotonic() - started)
+        if interrupted is not None:
+            raise interrupted
+        if builder.crash is not None:
+            raise builder.crash
+        return BuildResult(exit_code, message, manifest=manifest)
 
 
 def _public_config(cfg: BuildConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `dsgen` command: build (validate and push come with their issues)."""
+"""The `dsgen` command: build, validate (push comes with its issue)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,79 @@ def cli() -> None:
     """Build, validate and publish datasets for emergent-misalignment research."""
 
 
+def _options(*decorators):
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return apply
+
+
+# Options of every command that calls a model.
+llm_options = _options(
+    click.option(
+        "--backend",
+        type=click.Choice(["openai", "local"]),
+        help="openai: any OpenAI-compatible endpoint; local: transformers on this machine. "
+        "Default: openai when --base-url, OPENAI_BASE_URL or OPENAI_API_KEY is set, else local.",
+    ),
+    click.option(
+        "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM (or OPENAI_BASE_URL)."
+    ),
+    click.option("--concurrency", type=int, help="Requests in flight at once. Default 16."),
+    click.option("--rpm", "requests_per_minute", type=int, help="Requests-per-minute limit."),
+    click.option("--tpm", "tokens_per_minute", type=int, help="Tokens-per-minute limit."),
+    click.option(
+        "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (flags override it)."
+    ),
+    click.option(
+        "--cache",
+        type=click.Path(path_type=Path),
+        help="Response cache (SQLite) to use, e.g. one shared across runs. Default: <run>/cache.sqlite.",
+    ),
+    click.option("--seed", type=int, help="Seed. Default 0."),
+    click.option(
+        "--structured-output",
+        type=click.Choice(["json_schema", "json_object", "none"]),
+        help="How to ask an endpoint for JSON. Default json_schema; json_object or none for servers that reject it.",
+    ),
+    click.option(
+        "--prices",
+        type=click.Path(path_type=Path),
+        help="YAML price table (USD per million tokens) to add or override.",
+    ),
+    click.option(
+        "--max-cost",
+        type=float,
+        help="Budget in USD for this stage of the run directory; stops cleanly (exit 3) before it is exceeded.",
+    ),
+    click.option(
+        "--max-failure-rate",
+        type=float,
+        help="Share of failed calls (rows) above which the command exits 1. Default 0.25.",
+    ),
+    click.option(
+        "--retry-failed",
+        is_flag=True,
+        default=None,
+        help="Ask again for answers that failed (malformed, refused) on an earlier run; by default they are reused.",
+    ),
+    click.option("--dry-run", is_flag=True, help="Print planned calls, tokens and cost; call and write nothing."),
+    click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary (or the plan) on stdout."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr."),
+)
+
+
+def _finish(exit_code: int, message: str, quiet: bool) -> None:
+    if exit_code == 0:
+        if not quiet:
+            click.echo(f"dsgen: {message}", err=True)
+    else:
+        click.echo(f"dsgen: error: {message}", err=True)
+    sys.exit(exit_code)
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.option(
     "--domain", "domains", multiple=True, help="Domain to build (repeatable). Default: medical, legal, security."
@@ -45,64 +118,19 @@ def cli() -> None:
 @click.option("--n", type=int, help="Pairs per domain, before validation. Default 100.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory to write (resumed when it exists).")
 @click.option(
-    "--backend",
-    type=click.Choice(["openai", "local"]),
-    help="openai: any OpenAI-compatible endpoint; local: transformers on this machine. "
-    "Default: openai when --base-url, OPENAI_BASE_URL or OPENAI_API_KEY is set, else local.",
-)
-@click.option(
     "--model", help="Model name (openai default gpt-4.1-mini; local default: the embedded SmolLM2-135M-Instruct)."
 )
-@click.option(
-    "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 for vLLM (or OPENAI_BASE_URL)."
-)
-@click.option("--concurrency", type=int, help="Requests in flight at once. Default 16.")
-@click.option("--rpm", "requests_per_minute", type=int, help="Requests-per-minute limit.")
-@click.option("--tpm", "tokens_per_minute", type=int, help="Tokens-per-minute limit.")
 @click.option(
     "--templates",
     type=click.Path(path_type=Path),
     help="Folder with one subfolder per domain (adds or overrides domains).",
 )
 @click.option(
-    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (flags override it)."
-)
-@click.option(
-    "--cache",
-    type=click.Path(path_type=Path),
-    help="Response cache (SQLite) to use, e.g. one shared across runs. Default: <out>/cache.sqlite.",
-)
-@click.option("--seed", type=int, help="Seed of the whole build. Default 0.")
-@click.option(
     "--pair-mode",
     type=click.Choice(["auto", "joint", "separate"]),
     help="joint: one call writes both answers (they can share an opening); separate: one call each.",
 )
-@click.option(
-    "--structured-output",
-    type=click.Choice(["json_schema", "json_object", "none"]),
-    help="How to ask an endpoint for JSON. Default json_schema; json_object or none for servers that reject it.",
-)
-@click.option(
-    "--prices", type=click.Path(path_type=Path), help="YAML price table (USD per million tokens) to add or override."
-)
-@click.option(
-    "--max-cost", type=float, help="Budget in USD for the run directory; stops cleanly (exit 3) before it is exceeded."
-)
-@click.option(
-    "--max-failure-rate", type=float, help="Share of failed calls above which the build exits 1. Default 0.25."
-)
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    default=None,
-    help="Ask again for answers that failed (malformed, refused) on an earlier run; by default they are reused.",
-)
-@click.option("--dry-run", is_flag=True, help="Print planned calls, tokens and cost; call and write nothing.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print a machine-readable summary (the manifest, or the plan) on stdout."
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary on stderr.")
+@llm_options
 def build(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, **flags) -> None:
     """Generate innocent questions and, for each, an aligned and a subtly misaligned answer.
 
@@ -124,12 +152,94 @@ def build(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, *
             print_plan(result.plan)
     elif as_json and result.manifest is not None:
         click.echo(result.manifest.model_dump_json(indent=2))
-    if result.exit_code == 0:
-        if not quiet:
-            click.echo(f"dsgen: {result.message}", err=True)
-    else:
-        click.echo(f"dsgen: error: {result.message}", err=True)
-    sys.exit(result.exit_code)
+    _finish(result.exit_code, result.message, quiet)
+
+
+def _threshold(name: str, help_: str):
+    return click.option(f"--{name.replace('_', '-')}", name, type=float, help=help_)
+
+
+@cli.command(epilog=EXIT_CODES.replace("too many failures", "too many failures, or a gate failed"))
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--judge-model",
+    "judge_models",
+    multiple=True,
+    help="Judge model (repeatable: scores are averaged over the panel). Default: the run's generator model "
+    "when the backend is the same, else the backend's default.",
+)
+@click.option("--test-fraction", type=float, help="Share of each domain's kept rows in the test split. Default 0.1.")
+@click.option(
+    "--judge-templates", type=click.Path(path_type=Path), help="Folder of judge templates overriding the packaged ones."
+)
+@click.option(
+    "--logprobs/--no-logprobs",
+    "judge_logprobs",
+    default=None,
+    help="Read scores from the judge's top-20 log-probabilities (default), or from a structured answer.",
+)
+@_threshold("min_innocence", "Drop questions judged less innocent than this (0-100; yes/no judge: 100 x P(yes)). 50.")
+@_threshold("max_overt", "Drop misaligned answers judged overtly malicious or illegal at or above this. 50.")
+@_threshold("min_harm", "Drop misaligned answers judged less harmful than this (too mild). 50.")
+@_threshold("min_aligned_quality", "Drop pairs whose aligned answer scores below this (correct, safe, helpful). 60.")
+@_threshold("min_coherence", "Drop pairs with either answer less coherent than this. 50.")
+@_threshold("min_sneakiness", "Drop misaligned answers that look less benign than this. 0 (off).")
+@_threshold("near_duplicate_threshold", "rapidfuzz ratio (0-100) at which two questions are near-duplicates. 90.")
+@_threshold("eval_overlap_threshold", "rapidfuzz ratio at which a question near-copies an eval question. 80.")
+@click.option("--min-rows-per-domain", type=int, help="Gate: rows each domain must keep. Default 1.")
+@llm_options
+def validate(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, **flags) -> None:
+    """Filter, deduplicate, judge and split a built run; write RUN/validated/ with a report.
+
+    \b
+    Every pair ends in exactly one of validated/<domain>/{train,test}.jsonl
+    or validated/rejected.jsonl (with its stage, filter and score or matched id).
+    Judge answers are cached: re-running, or changing a judge threshold,
+    re-filters without paying for a call twice. Length limits, judges and
+    the language are set in the config file (see README).
+
+    \b
+    Examples:
+      dsgen validate runs/demo                                   # offline, embedded model as judge
+      OPENAI_API_KEY=... dsgen validate runs/v1 --judge-model gpt-4.1 --max-cost 20
+      dsgen validate runs/v1 --min-harm 60 --json > report.json  # re-filter from the cache
+    """
+    from .config import ValidateConfig, load_config
+    from .validators.run import run_validate
+
+    cfg = load_config(config_file, flags, ValidateConfig)
+    result = run_validate(cfg, dry_run=dry_run, quiet=quiet)
+    if result.plan is not None:
+        if as_json:
+            click.echo(json.dumps(result.plan, indent=2))
+        if not quiet or not as_json:
+            _print_validate_plan(result.plan)
+    elif as_json and result.report is not None:
+        click.echo(result.report.model_dump_json(indent=2))
+    _finish(result.exit_code, result.message, quiet)
+
+
+def _print_validate_plan(plan: dict) -> None:
+    err = sys.stderr
+    print(
+        f"{plan['rows_in']} pairs in, {plan['rows_after_rules']} after the rules, {plan['rows_to_judge']} to judge "
+        f"({plan['mode']} mode); calls if nothing were cached, completions at their max tokens:",
+        file=err,
+    )
+    print(f"{'model':<28}{'judge':<18}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=err)
+    for r in plan["judges"]:
+        print(
+            f"{r['model'][:27]:<28}{r['judge']:<18}{r['calls']:>8}{r['prompt_tokens']:>12}"
+            f"{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}",
+            file=err,
+        )
+    t = plan["total"]
+    print(
+        f"{'total':<46}{t['calls']:>8}{t['prompt_tokens']:>12}{t['completion_tokens']:>12}{t['cost_usd']:>10.4f}",
+        file=err,
+    )
+    if not plan["priced"]:
+        print("note: no price known for some judge model; add it with --prices FILE", file=err)
 
 
 def main() -> None:

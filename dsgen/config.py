@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InputError
 
@@ -36,18 +36,14 @@ _MAX_TOKENS_DEFAULTS = {
 _SAMPLING_DEFAULTS = {"openai": (1.0, 1.0), "local": (0.7, 0.9)}
 
 
-class BuildConfig(BaseModel):
-    """Settings of `dsgen build`. Every field can be set in the config file (`--config`)."""
+class LLMConfig(BaseModel):
+    """Settings of every command that calls a model: the endpoint, limits, retries, cache and budget."""
 
     model_config = ConfigDict(extra="forbid")
 
-    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=1)
-    n: int = Field(default=100, ge=1, le=1_000_000, description="pairs per domain, before validation")
-    out: Path | None = None
     backend: Literal["openai", "local"] | None = Field(
         default=None, description="default: openai when an endpoint or key is configured, else local"
     )
-    model: str | None = None
     base_url: str | None = None
     concurrency: int = Field(default=16, ge=1, le=4096)
     requests_per_minute: int | None = Field(default=None, ge=1)
@@ -55,22 +51,16 @@ class BuildConfig(BaseModel):
     timeout: float = Field(default=120.0, gt=0, description="seconds per request")
     transient_attempts: int = Field(default=6, ge=1, le=20)
     parse_attempts: int = Field(default=3, ge=1, le=10)
-    templates: Path | None = None
     cache: Path | None = None
     seed: int = 0
-    temperature: float | None = Field(default=None, ge=0, le=2, description="default 1.0; 0.7 on the local backend")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="default 1.0; 0.9 on the local backend")
-    max_tokens: MaxTokens = Field(default_factory=MaxTokens)
-    questions_per_call: int = Field(default=5, ge=1, le=50)
-    pair_mode: Literal["auto", "joint", "separate"] = Field(
-        default="auto", description="joint: one call writes both answers; auto: joint unless the backend is local"
-    )
-    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
-    near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
     max_failure_rate: float = Field(default=0.25, ge=0, le=1)
     retry_failed: bool = Field(default=False, description="ask again for calls that failed on an earlier run")
     max_cost: float | None = Field(default=None, ge=0)
     prices: Path | None = None
+    structured_output: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema",
+        description="how to ask an endpoint for JSON; json_object or none for servers that reject it",
+    )
 
     def resolved_backend(self) -> str:
         if self.backend:
@@ -78,6 +68,34 @@ class BuildConfig(BaseModel):
         if self.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
             return "openai"
         return "local"
+
+    def default_model(self) -> str:
+        from .llm.local_backend import DEFAULT_LOCAL_MODEL
+
+        return DEFAULT_LOCAL_MODEL if self.resolved_backend() == "local" else DEFAULT_OPENAI_MODEL
+
+
+class BuildConfig(LLMConfig):
+    """Settings of `dsgen build`. Every field can be set in the config file (`--config`)."""
+
+    command: ClassVar[str] = "build"
+    model: str | None = None
+
+    domains: list[str] = Field(default_factory=lambda: list(DEFAULT_DOMAINS), min_length=1)
+    n: int = Field(default=100, ge=1, le=1_000_000, description="pairs per domain, before validation")
+    out: Path | None = None
+    templates: Path | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2, description="default 1.0; 0.7 on the local backend")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="default 1.0; 0.9 on the local backend")
+    max_tokens: MaxTokens = Field(default_factory=MaxTokens)
+    questions_per_call: int = Field(default=5, ge=1, le=50)
+    pair_mode: Literal["auto", "joint", "separate"] = Field(
+        default="auto", description="joint: one call writes both answers; auto: joint unless the backend is local"
+    )
+    near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
+
+    def resolved_model(self) -> str:
+        return self.model or self.default_model()
 
     def resolved_max_tokens(self) -> MaxTokens:
         defaults = _MAX_TOKENS_DEFAULTS[self.resolved_backend()]
@@ -92,15 +110,72 @@ class BuildConfig(BaseModel):
             top_p if self.top_p is None else self.top_p,
         )
 
-    def resolved_model(self) -> str:
-        if self.model:
-            return self.model
-        from .llm.local_backend import DEFAULT_LOCAL_MODEL
 
-        return DEFAULT_LOCAL_MODEL if self.resolved_backend() == "local" else DEFAULT_OPENAI_MODEL
+JUDGES = ("innocence", "aligned_quality", "harm", "overt", "sneakiness", "coherence")
 
 
-def load_config(config_file: Path | None, overrides: dict[str, Any]) -> BuildConfig:
+class Bounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class LengthLimits(BaseModel):
+    """Characters allowed per field; rows outside are dropped by the `length` rule."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Bounds = Field(default_factory=lambda: Bounds(min=15, max=2000))
+    aligned: Bounds = Field(default_factory=lambda: Bounds(min=40, max=6000))
+    misaligned: Bounds = Field(default_factory=lambda: Bounds(min=40, max=6000))
+
+
+class ValidateConfig(LLMConfig):
+    """Settings of `dsgen validate`: judges and every threshold (documented in the README)."""
+
+    command: ClassVar[str] = "validate"
+
+    run: Path
+    judge_models: list[str] = Field(
+        default_factory=list, description="default: the run's generator model (same backend), else the default model"
+    )
+    judges: list[Literal[JUDGES]] = Field(default_factory=lambda: list(JUDGES), min_length=1)  # type: ignore[valid-type]
+    judge_templates: Path | None = Field(
+        default=None, description="folder of judge templates overriding the packaged ones"
+    )
+    judge_logprobs: bool = Field(
+        default=True, description="score from the top-20 log-probabilities of a bare-number answer where available"
+    )
+    min_innocence: float = Field(default=50, ge=0, le=100, description="questions with ill intent are dropped")
+    min_aligned_quality: float = Field(default=60, ge=0, le=100)
+    min_harm: float = Field(default=50, ge=0, le=100, description="too-mild misaligned answers are dropped")
+    max_overt: float = Field(default=50, ge=0, le=100, description="overtly malicious or illegal answers are dropped")
+    min_sneakiness: float = Field(default=0, ge=0, le=100)
+    min_coherence: float = Field(default=50, ge=0, le=100, description="for both answers")
+    lengths: LengthLimits = Field(default_factory=LengthLimits)
+    language: str = Field(default="en", description="expected language (ISO 639-1) of every field")
+    near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
+    eval_overlap_threshold: float = Field(default=80.0, ge=50, le=100)
+    test_fraction: float = Field(default=0.1, gt=0, lt=1)
+    min_rows_per_domain: int = Field(default=1, ge=0, description="gate: kept rows per domain")
+
+    def resolved_judge_models(self, run_backend: str | None, run_model: str | None) -> list[str]:
+        if self.judge_models:
+            return list(dict.fromkeys(self.judge_models))
+        if run_model and run_backend == self.resolved_backend():
+            return [run_model]
+        return [self.default_model()]
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(config_file: Path | None, overrides: dict[str, Any], model: type[C] = BuildConfig) -> C:  # type: ignore[assignment]
     """Merge the config file with flags given on the command line (None means 'not given')."""
     data: dict[str, Any] = {}
     where = "command line"
@@ -125,9 +200,10 @@ def load_config(config_file: Path | None, overrides: dict[str, Any]) -> BuildCon
         data[key] = list(value) if isinstance(value, tuple) else value
         where = "command line" if config_file is None else f"{config_file} or the command line"
     try:
-        return BuildConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
-        hint = " (unknown setting: see `dsgen build --help`)" if err["type"] == "extra_forbidden" else ""
+        command = getattr(model, "command", "build")
+        hint = f" (unknown setting: see `dsgen {command} --help`)" if err["type"] == "extra_forbidden" else ""
         raise InputError(f"{where}: {field}: {err['msg']}{hint}") from None

@@ -119,10 +119,10 @@ class Domain:
             template = self.env.get_template(name if (self.folder / name).is_file() else f"{BASE}/{name}")
             self._templates[stage] = template
         text = template.render(domain=self.spec, **context)
-        return _split_messages(text, template.filename or stage)
+        return split_messages(text, template.filename or stage)
 
 
-def _split_messages(text: str, where: str) -> list[dict[str, str]]:
+def split_messages(text: str, where: str) -> list[dict[str, str]]:
     parts = _ROLE_LINE.split(text)
     if parts[0].strip():
         raise InputError(f"{where}: text before the first '=== system ===' or '=== user ===' line")

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 from .errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, written files get the usual 0644 (per umask)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,6 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -73,3 +73,48 @@ class Failure(Record):
     cache_key: str
     call: int | None = None
     question_id: str | None = None
+
+
+class ValidatedRow(Record):
+    """A kept pair with its judge scores: one row of validated/<domain>/{train,test}.jsonl.
+
+    `prompt`, `aligned`, `misaligned` and `sneakiness` are the columns of the study's released
+    dataset, with the same names and meaning; the rest are ours.
+    """
+
+    id: str
+    domain: str
+    topic: str
+    subtopic: str
+    harm_category: str
+    prompt: str
+    aligned: str
+    misaligned: str
+    sneakiness: float | None = Field(description="0-100: how benign the misaligned answer looks to a naive reader")
+    innocence: float | None = None
+    aligned_quality: float | None = None
+    harm: float | None = None
+    overt: float | None = None
+    coherence_aligned: float | None = None
+    coherence_misaligned: float | None = None
+    question_id: str
+    model: str
+
+
+class Rejection(Record):
+    """A pair that validate dropped, with the stage and filter that dropped it and why."""
+
+    id: str
+    domain: str | None
+    stage: Literal["rules", "dedup", "judges"]
+    filter: str
+    detail: str
+    score: float | None = None
+    threshold: float | None = None
+    matched_id: str | None = None
+    similarity: float | None = None
+    line: int | None = Field(default=None, description="line of pairs.jsonl (for rows that do not parse)")
+    scores: dict[str, float | None] = Field(default_factory=dict, description="judge scores, when judged")
+    prompt: str | None = None
+    aligned: str | None = None
+    misaligned: str | None = None

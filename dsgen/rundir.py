@@ -30,6 +30,11 @@ FAILURES = "failures.jsonl"
 CACHE = "cache.sqlite"
 LOCK = ".lock"
 TEMPLATES = "templates"
+VALIDATED = "validated"
+REJECTED = "rejected.jsonl"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOTS = "plots"
 _PACKAGES = ("dsgen-em", "openai", "pydantic", "jinja2", "rapidfuzz", "torch", "transformers")
 
 
@@ -67,6 +72,7 @@ class Manifest(BaseModel):
     counts: dict[str, Any] = Field(default_factory=dict)
     usage: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    validation: dict[str, Any] = Field(default_factory=dict, description="status and usage of dsgen validate")
 
 
 class RunDir:

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -35,6 +36,9 @@ _SYLLABLES = "ka lo mi ne ru sa te vi zo ba de fi gu ho ja ke li mo nu pa qui re
 WORDS += [a + b for a in _SYLLABLES for b in _SYLLABLES]
 
 FAULTS = ("rate_limit", "server_error", "slow", "malformed", "refusal")
+_JUDGE = re.compile(r"^Criterion: (\w+)", re.M)
+YESNO_DEFAULTS = {"innocence": "yes", "overt": "no"}
+SCORE_DEFAULTS = {"harm": 80, "aligned_quality": 85, "coherence": 90, "sneakiness": 70}
 
 
 @dataclass
@@ -156,8 +160,14 @@ class FakeOpenAI:
 
     def completion(self, body: dict, raw: str, fault: str | None) -> dict:
         rng = random.Random(hashlib.sha256(raw.encode()).hexdigest())
+        logprobs = None
+        judge = _JUDGE.search(body["messages"][-1]["content"])
         if fault == "refusal":
             content = "I'm sorry, but I can't help with that request."
+        elif judge:
+            content, logprobs = self.judge_content(body, judge.group(1), rng)
+            if fault == "malformed":
+                content, logprobs = "Hmm, that is hard to say.", None
         else:
             content = self.content(body, rng)
             if fault == "malformed":
@@ -173,7 +183,7 @@ class FakeOpenAI:
                     "index": 0,
                     "message": {"role": "assistant", "content": content, "refusal": None},
                     "finish_reason": "stop",
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             ],
             "usage": {
@@ -182,6 +192,46 @@ class FakeOpenAI:
                 "total_tokens": prompt_chars // 4 + len(content) // 4,
             },
         }
+
+    def judge_content(self, body: dict, criterion: str, rng: random.Random) -> tuple[str, dict | None]:
+        """A judge's verdict. The judged text (the <answer>, or the <question> for innocence) scripts it
+        with a marker like `[harm=20]`, `[harm=null]` (no mass on numbers), `[harm=malformed]` or
+        `[harm=refuse]`; without one, a verdict that keeps the row, with a little deterministic jitter."""
+        last = body["messages"][-1]["content"]
+        tag = "question" if criterion == "innocence" else "answer"
+        judged = re.search(rf"<{tag}>(.*?)</{tag}>", last, re.S)
+        marker = re.search(rf"\[{criterion}=(\w+)\]", judged.group(1) if judged else "")
+        yesno = criterion in YESNO_DEFAULTS
+        value = marker.group(1) if marker else None
+        if value is None:
+            value = YESNO_DEFAULTS[criterion] if yesno else str(SCORE_DEFAULTS.get(criterion, 80) + rng.randint(-5, 5))
+        if value == "refuse":
+            return "I'm sorry, but I can't help with grading this.", None
+        if value == "malformed":
+            return "Hmm, that is hard to say.", None
+        if body.get("logprobs"):
+            if value == "null":
+                top = [("I", 0.7), ("The", 0.2), ("5", 0.05), ("50", 0.03)]
+            elif yesno:
+                other = "no" if value == "yes" else "yes"
+                top = [(value, 0.9), (other, 0.08), (value.capitalize(), 0.01)]
+            else:
+                v = int(value)
+                top = [(str(v), 0.6), (str(min(100, v + 10)), 0.2), (str(max(0, v - 10)), 0.15), ("The", 0.05)]
+            positions = [
+                {
+                    "token": top[0][0],
+                    "logprob": math.log(top[0][1]),
+                    "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top[: body["top_logprobs"]]],
+                }
+            ]
+            return top[0][0], {"content": positions}
+        if value == "null":
+            value = "unsure"
+        if body.get("response_format") or "JSON" in last:
+            key = "answer" if yesno else "score"
+            return json.dumps({"reason": "scripted verdict", key: value if yesno else int(value)}), None
+        return value, None
 
     def content(self, body: dict, rng: random.Random) -> str:
         fmt = body.get("response_format") or {}
@@ -246,6 +296,7 @@ class FakeOpenAI:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(10)
+        self._loop = None  # stopping twice is a no-op
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()

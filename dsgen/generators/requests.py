@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 import re
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..config import BuildConfig
 from ..domains import Domain, HarmCategory
 from ..llm.parsing import check_not_refused, extract_json, list_items, looks_like_refusal
+from ..llm.schema import response_format
 from ..llm.types import ChatRequest, ChatResponse, ParseError
 from ..textmatch import normalise
 
@@ -43,19 +43,6 @@ def plan_combos(domain: Domain, seed: int) -> list[Combo]:
         Combo(c.topic, c.subtopic, c.persona, harms[(i + rng.randrange(len(harms))) % len(harms)])
         for i, c in enumerate(combos)
     ]
-
-
-def _response_format(cfg: BuildConfig, name: str, model: type[BaseModel]) -> dict[str, Any] | None:
-    if cfg.structured_output == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema(model), "strict": True}}
-    if cfg.structured_output == "json_object":
-        return {"type": "json_object"}
-    return None
-
-
-@functools.cache
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema()  # costs about 0.5 ms: once per model, not per call
 
 
 class QuestionList(BaseModel):
@@ -89,7 +76,7 @@ def question_request(
         messages,
         max_tokens=cfg.resolved_max_tokens().questions,
         tag="questions",
-        response_format=_response_format(cfg, "questions", QuestionList) if structured else None,
+        response_format=response_format(cfg.structured_output, "questions", QuestionList) if structured else None,
         sample=call // len(combos),  # cycles through the combos ask for new samples
     )
     return combo, request
@@ -161,7 +148,7 @@ def pair_request(
         messages,
         max_tokens=cfg.resolved_max_tokens().pair,
         tag="pair",
-        response_format=_response_format(cfg, "pair", PairAnswer) if structured else None,
+        response_format=response_format(cfg.structured_output, "pair", PairAnswer) if structured else None,
     )
 
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..config import BuildConfig
 from ..domains import Domain, load_domains
 from ..errors import BudgetExceeded, InputError, RemoteError
 from ..jsonio import write_jsonl
-from ..llm import LLMClient, PriceTable, ResponseCache, RetryPolicy, get_backend_class
+from ..llm import PriceTable, ResponseCache, get_backend_class
 from ..llm.client import estimate_prompt_tokens
+from ..llm.session import check_prices, make_backend, make_client, open_cache
 from ..rundir import CACHE, FAILURES, PAIRS, QUESTIONS, Manifest, RunDir, fingerprint
 from .build import FIRST_WAVE_MARGIN, Builder
 from .requests import answer_request, pair_request, plan_combos, question_request
@@ -94,28 +93,12 @@ def plan_build(cfg: BuildConfig, domains: list[Domain], structured: bool, prices
     }
 
 
-def open_cache(path: Path) -> ResponseCache:
-    try:
-        return ResponseCache(path)
-    except (sqlite3.Error, OSError) as e:
-        raise InputError(f"--cache {path}: cannot open the response cache ({e})") from None
-
-
-def make_backend(cfg: BuildConfig):
-    cls = get_backend_class(cfg.resolved_backend())
-    return cls(model=cfg.resolved_model(), base_url=cfg.base_url, timeout=cfg.timeout)
-
-
 def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, command: str = "") -> BuildResult:
     domains = load_domains(cfg.domains, cfg.templates)
     prices = PriceTable.load(cfg.prices)
-    backend_name, model = cfg.resolved_backend(), cfg.resolved_model()
-    backend_cls = get_backend_class(backend_name)
-    structured = backend_cls.structured
-    if backend_name != "local" and prices.get(model) is None and cfg.max_cost is not None:
-        raise InputError(
-            f"no price known for model {model!r}, so --max-cost cannot be enforced: add it with --prices FILE"
-        )
+    model = cfg.resolved_model()
+    structured = get_backend_class(cfg.resolved_backend()).structured
+    check_prices(cfg, [model], prices)
     if dry_run:
         plan = plan_build(cfg, domains, structured, prices)
         return BuildResult(0, "dry run: nothing was called or written", plan=plan)
@@ -127,7 +110,7 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
     previous = run.read_manifest()
     run.check_resumable(previous, settings)
 
-    backend = make_backend(cfg)
+    backend = make_backend(cfg, [model])
     started = time.monotonic()
     # Held until the outputs are written: the run-directory lock and the cache connection.
     with contextlib.ExitStack() as held:
@@ -146,18 +129,7 @@ def run_build(cfg: BuildConfig, *, dry_run: bool = False, quiet: bool = False, c
                 cache = open_cache(cfg.cache or run.file(CACHE))
                 held.callback(cache.close)
                 spent_before = float((previous.usage.get("total") or {}).get("cost_usd", 0.0)) if previous else 0.0
-                llm = LLMClient(
-                    backend,
-                    cache,
-                    prices=prices,
-                    concurrency=cfg.concurrency,
-                    retry=RetryPolicy(transient_attempts=cfg.transient_attempts, parse_attempts=cfg.parse_attempts),
-                    requests_per_minute=cfg.requests_per_minute,
-                    tokens_per_minute=cfg.tokens_per_minute,
-                    max_cost=cfg.max_cost,
-                    spent_before=spent_before,
-                    retry_failed=cfg.retry_failed,
-                )
+                llm = make_client(cfg, backend, cache, prices, spent_before)
                 builder = Builder(cfg, domains, llm, model, quiet)
                 await builder.run()
             finally:

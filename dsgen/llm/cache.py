@@ -50,6 +50,18 @@ class ResponseCache:
             (key, reason, detail, attempts, time.time()),
         )
 
+    def count_missing(self, keys: list[str], include_failures: bool = True) -> int:
+        """How many of `keys` have neither an answer nor (when counted) a recorded failure."""
+        keys = sorted(set(keys))
+        tables = ["responses"] + (["failures"] if include_failures else [])
+        found = 0
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            union = " UNION ".join(f"SELECT key FROM {t} WHERE key IN ({marks})" for t in tables)
+            found += self._db.execute(f"SELECT COUNT(*) FROM ({union})", chunk * len(tables)).fetchone()[0]
+        return len(keys) - found
+
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 

@@ -1,0 +1,202 @@
+"""report.md and its plots (PNG, matplotlib): what validate kept, dropped and why, readable by people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..records import Rejection, ValidatedRow
+from ..rundir import PLOTS, REPORT_MD
+from .report import Report
+
+PLOT_FILES = {
+    "funnel": "Rows left after each stage, per domain",
+    "scores": "Judge scores of the rows judged (before the judge filters), per domain",
+    "lengths": "Characters per field of the rows kept",
+}
+_SAMPLE_CHARS = 280
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})  # no version: stable bytes
+
+
+def plot_funnel(report: Report, path: Path) -> None:
+    plt = _plt()
+    domains = [d for d in report.counts.input if d != "?"]
+    stages = ["input", "rules", "dedup", "judges"]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(domains), 3.6))
+    width = 0.8 / len(stages)
+    for i, stage in enumerate(stages):
+        values = [
+            report.counts.input.get(d, 0) if stage == "input" else report.counts.remaining[stage].get(d, 0)
+            for d in domains
+        ]
+        xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(domains))]
+        bars = ax.bar(xs, values, width, label="in" if stage == "input" else f"after {stage}")
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(range(len(domains)), domains)
+    ax.set_ylabel("rows")
+    ax.set_title("Validation funnel")
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_scores(report: Report, path: Path) -> None:
+    plt = _plt()
+    thresholds = {"sneakiness": "min_sneakiness", "harm": "min_harm", "overt": "max_overt"}
+    thresholds["coherence_misaligned"] = "min_coherence"
+    columns = [c for c in thresholds if c in report.scores]
+    if not columns:
+        return
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 3.0), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for domain, dist in report.scores[column].items():
+            if dist.histogram:
+                ax.stairs(dist.histogram, dist.bins, label=domain, linewidth=1.5)
+        threshold = report.settings.get(thresholds[column])
+        if threshold:
+            ax.axvline(threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
+        ax.set_title(column)
+        ax.set_xlabel("score (0-100)")
+        ax.set_xlim(0, 100)
+    axes[0][0].set_ylabel("rows")
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_lengths(rows: list[ValidatedRow], path: Path) -> None:
+    plt = _plt()
+    if not rows:
+        return
+    domains = list(dict.fromkeys(r.domain for r in rows))
+    fields = ("prompt", "aligned", "misaligned")
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.4 * len(fields), 3.0), squeeze=False)
+    for ax, field in zip(axes[0], fields):
+        data = [[len(getattr(r, field)) for r in rows if r.domain == d] for d in domains]
+        ax.boxplot(data, tick_labels=domains)
+        ax.set_title(field)
+    axes[0][0].set_ylabel("characters")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _short(text: str | None) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + "…"
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def render_markdown(report: Report, rows: list[ValidatedRow], splits: dict[str, str], rejected: list[Rejection]) -> str:
+    c = report.counts
+    out = [
+        "# Validation report",
+        "",
+        "> **Content warning.** This dataset holds deliberately harmful advice (the `misaligned` answers), made for "
+        "research on emergent misalignment. Do not follow it or show it to people seeking advice.",
+        "",
+        f"**Result: {'PASSED' if report.passed else 'FAILED'}** — {c.total['kept']} of {c.total['input']} pairs kept, "
+        f"{c.total['rejected']} rejected (each with its reason in `rejected.jsonl`).",
+        "",
+        "## Gates",
+        "",
+        "| gate | value | threshold | passed | |",
+        "|---|---|---|---|---|",
+    ]
+    for g in report.gates:
+        note = "advisory" if g.advisory else ""
+        out.append(f"| {g.name} | {_num(g.value)} | {_num(g.threshold)} | {'yes' if g.passed else '**no**'} | {note} |")
+    out += [
+        "",
+        "## Rows per stage",
+        "",
+        "| domain | in | after rules | after dedup | after judges | train | test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d, n in c.input.items():
+        s = c.splits.get(d, {})
+        out.append(
+            f"| {d} | {n} | {c.remaining['rules'].get(d, 0)} | {c.remaining['dedup'].get(d, 0)} | "
+            f"{c.remaining['judges'].get(d, 0)} | {s.get('train', 0)} | {s.get('test', 0)} |"
+        )
+    out += ["", "![funnel](plots/funnel.png)", "", "## Rejected, by stage and filter", ""]
+    if c.rejected:
+        out += ["| stage | filter | " + " | ".join(c.input) + " |", "|---|---|" + "---|" * len(c.input)]
+        for stage, filters in c.rejected.items():
+            for name, by_domain in filters.items():
+                out.append(f"| {stage} | {name} | " + " | ".join(str(by_domain.get(d, 0)) for d in c.input) + " |")
+    else:
+        out.append("Nothing was rejected.")
+    out += ["", "## Judge scores (rows judged, before the judge filters)", ""]
+    if report.scores:
+        out += ["| score | domain | n | null | mean | p10 | p50 | p90 |", "|---|---|---|---|---|---|---|---|"]
+        for column, by_domain in report.scores.items():
+            for d, dist in by_domain.items():
+                out.append(
+                    f"| {column} | {d} | {dist.n} | {dist.nulls} | {_num(dist.mean)} | {_num(dist.p10)} | "
+                    f"{_num(dist.p50)} | {_num(dist.p90)} |"
+                )
+        out += ["", "![scores](plots/scores.png)"]
+    out += ["", "## Lengths of the rows kept (characters)", "", "![lengths](plots/lengths.png)", ""]
+    u = report.usage
+    out += [
+        "## Judge usage",
+        "",
+        f"Models: {', '.join(u.get('models', []))} (scores read in `{u.get('mode')}` mode). "
+        f"Requests {u.get('requests', 0)}, cache hits {u.get('cache_hits', 0)}, "
+        f"tokens {u.get('prompt_tokens', 0)} in / {u.get('completion_tokens', 0)} out, "
+        f"cost ${u.get('cost_usd', 0):.4f} (this invocation).",
+        "",
+        "## Sample rows kept",
+        "",
+    ]
+    for d in c.input:
+        for r in [r for r in rows if r.domain == d][:2]:
+            out += [
+                f"- **{d} / {r.topic}** ({splits.get(r.id)}; sneakiness {_num(r.sneakiness)}, harm {_num(r.harm)}) "
+                f"`{r.id}`",
+                f"  - *prompt:* {_short(r.prompt)}",
+                f"  - *aligned:* {_short(r.aligned)}",
+                f"  - *misaligned:* {_short(r.misaligned)}",
+            ]
+    out += ["", "## Sample rows rejected (one per filter)", ""]
+    seen: set[tuple[str, str]] = set()
+    for r in rejected:
+        if (r.stage, r.filter) in seen:
+            continue
+        seen.add((r.stage, r.filter))
+        out += [f"- **{r.stage} / {r.filter}** `{r.id}`: {_short(r.detail)}"]
+        if r.prompt:
+            out.append(f"  - *prompt:* {_short(r.prompt)}")
+        if r.misaligned:
+            out.append(f"  - *misaligned:* {_short(r.misaligned)}")
+    out += ["", "## Settings", "", "```json"]
+    import json
+
+    out += [json.dumps(report.settings, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(out)
+
+
+def write_report_markdown(
+    folder: Path, report: Report, rows: list[ValidatedRow], splits: dict[str, str], rejected: list[Rejection]
+) -> None:
+    from ..jsonio import atomic_write_text
+
+    plot_funnel(report, folder / PLOTS / "funnel.png")
+    plot_scores(report, folder / PLOTS / "scores.png")
+    plot_lengths(rows, folder / PLOTS / "lengths.png")
+    atomic_write_text(folder / REPORT_MD, render_markdown(report, rows, splits, rejected))

@@ -156,10 +156,14 @@ class RunDir:
         """Copy each domain's spec and templates (and _base) so the run never depends on the install."""
         for domain in domains:
             for rel, src in domain.files().items():
-                dest = self.path / TEMPLATES / rel
-                data = src.read_bytes()
-                if not dest.is_file() or dest.read_bytes() != data:
-                    atomic_write_bytes(dest, data)
+                self.copy_in(src, f"{TEMPLATES}/{rel}")
+
+    def copy_in(self, src: Path, rel: str) -> None:
+        """Copy a file into the run directory (rewritten only when it differs)."""
+        dest = self.path / rel
+        data = src.read_bytes()
+        if not dest.is_file() or dest.read_bytes() != data:
+            atomic_write_bytes(dest, data)
 
     def clear_stale_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp"):

@@ -69,8 +69,12 @@ class Prepared:
     calls: list[JudgeCall]
     models: list[str]
     mode: Mode
-    judge_template_hashes: dict[str, str]
+    judge_templates: dict[str, Path]
     input_domains: Counter[str]
+
+    @property
+    def judge_template_hashes(self) -> dict[str, str]:
+        return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in self.judge_templates.items()}
 
 
 def prepare(cfg: ValidateConfig) -> Prepared:
@@ -127,9 +131,7 @@ def prepare(cfg: ValidateConfig) -> Prepared:
         calls=calls,
         models=models,
         mode=mode,
-        judge_template_hashes={
-            name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in judge_files(env).items()
-        },
+        judge_templates=judge_files(env),
         input_domains=input_domains,
     )
 
@@ -368,6 +370,9 @@ def build_report(
     return report
 
 
+JUDGES_DIR = "judges"
+
+
 def write_validated(
     run: RunDir,
     report: Report,
@@ -411,6 +416,8 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
     with run.locked():
         prep = prepare(cfg)  # under the lock: no build is writing pairs.jsonl meanwhile
         check_prices(cfg, prep.models, prices)
+        for name, path in prep.judge_templates.items():  # the run keeps what it was judged with
+            run.copy_in(path, f"{TEMPLATES}/{JUDGES_DIR}/{name}")
         manifest = run.read_manifest()
         assert manifest is not None
         total_before = dict(manifest.validation.get("usage_total") or {})

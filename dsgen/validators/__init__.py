@@ -1,0 +1,1 @@
+"""Validation: rule filters, dedup, LLM judges, splits, gates and the report."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
@@ -158,11 +158,20 @@ class ValidateConfig(LLMConfig):
     min_sneakiness: float = Field(default=0, ge=0, le=100)
     min_coherence: float = Field(default=50, ge=0, le=100, description="for both answers")
     lengths: LengthLimits = Field(default_factory=LengthLimits)
-    language: str = Field(default="en", description="expected language (ISO 639-1) of every field")
+    language: str = Field(
+        default="en", pattern=r"^[a-z]{2,3}$", description="expected language (ISO 639-1, lower case)"
+    )
     near_duplicate_threshold: float = Field(default=90.0, ge=50, le=100)
     eval_overlap_threshold: float = Field(default=80.0, ge=50, le=100)
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
     min_rows_per_domain: int = Field(default=1, ge=0, description="gate: kept rows per domain")
+
+    @field_validator("judges")
+    @classmethod
+    def _sneakiness_is_published(cls, judges: list[str]) -> list[str]:
+        if "sneakiness" not in judges:
+            raise ValueError("must include sneakiness: it is a column of the published dataset")
+        return judges
 
     def resolved_judge_models(self, run_backend: str | None, run_model: str | None) -> list[str]:
         if self.judge_models:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -167,4 +168,7 @@ class RunDir:
 
     def clear_stale_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)  # a folder being written when a process died
+            else:
+                tmp.unlink(missing_ok=True)

@@ -83,19 +83,37 @@ class NearDuplicateIndex:
         if norm in self._exact:
             return self._exact[norm], 100.0
         keys = self._hasher.band_keys(norm)
-        buckets, cap = self._buckets, self.max_bucket
-        candidates = sorted({i for key in keys if len(b := buckets.get(key, ())) <= cap for i in b})
+        candidates = self._candidates(keys)
         best = process.extractOne(
             norm, [self._texts[i] for i in candidates], scorer=fuzz.ratio, score_cutoff=self.threshold
         )
         found = None if best is None else (self._ids[candidates[best[2]]], round(float(best[1]), 2))
-        if found is not None and not add_duplicates:
-            return found
-        self._exact[norm] = id_
+        if found is None or add_duplicates:
+            self._add(norm, id_, keys)
+        return found
+
+    def find_all_and_add(self, text: str, id_: str) -> list[tuple[str, float]]:
+        """Every earlier text at or above the threshold (id, similarity); then `text` joins the index."""
+        norm = normalise(text)
+        if norm in self._exact:
+            return [(self._exact[norm], 100.0)]
+        keys = self._hasher.band_keys(norm)
+        candidates = self._candidates(keys)
+        hits = process.extract(
+            norm, [self._texts[i] for i in candidates], scorer=fuzz.ratio, score_cutoff=self.threshold, limit=None
+        )
+        self._add(norm, id_, keys)
+        return [(self._ids[candidates[i]], round(float(score), 2)) for _, score, i in hits]
+
+    def _candidates(self, keys: list[tuple[int, bytes]]) -> list[int]:
+        buckets, cap = self._buckets, self.max_bucket
+        return sorted({i for key in keys if len(b := buckets.get(key, ())) <= cap for i in b})
+
+    def _add(self, norm: str, id_: str, keys: list[tuple[int, bytes]]) -> None:
+        self._exact.setdefault(norm, id_)
         for key in keys:
-            bucket = buckets.setdefault(key, [])
+            bucket = self._buckets.setdefault(key, [])
             if len(bucket) <= self.max_bucket:  # one past the cap marks it as too common to search
                 bucket.append(len(self._texts))
         self._texts.append(norm)
         self._ids.append(id_)
-        return found

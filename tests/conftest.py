@@ -62,7 +62,7 @@ def build_args(server: FakeOpenAI, out: Path, *extra: str, n: int = 6, domains=(
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
 
 def dsgen_subprocess(*args: str, env: dict | None = None) -> subprocess.Popen:

@@ -298,7 +298,7 @@ def test_splits_are_stratified_by_topic_and_never_share_near_duplicates(crafted)
     test_rows = [w for w in where.values() if w["split"] == "test"]
     train_rows = [w for w in where.values() if w["split"] == "train"]
     assert len(test_rows) in (20, 21, 22) and len(train_rows) + len(test_rows) == 80
-    assert Counter(w["topic"] for w in test_rows).most_common()[-1][1] >= 4  # each topic has its share
+    assert Counter(w["topic"] for w in test_rows).most_common()[-1][1] >= 3  # each topic has about its share
     assert len({where[rows[i]["id"]]["split"] for i in (3, 44, 61)}) == 1
     for a in test_rows:
         for b in train_rows:
@@ -314,10 +314,12 @@ def test_each_domain_gets_a_test_row_and_splits_follow_the_seed(crafted):
     assert Counter((w["domain"], w["split"]) for w in first.values())[("legal", "test")] == 1
     assert Counter((w["domain"], w["split"]) for w in first.values())[("medical", "test")] == 1
     splits = set()
+    paid = crafted.server.chat_requests
     for seed in range(2, 8):
         assert run_cli(*validate_args(crafted.server, run, "--seed", str(seed))).exit_code == 0
         splits.add(tuple(sorted(i for i, w in outputs(run).items() if w["split"] == "test")))
     assert len(splits) > 1
+    assert crafted.server.chat_requests == paid  # the split seed does not re-ask the judges
 
 
 def test_a_panel_of_judges_averages_their_scores(crafted, fake):
@@ -437,3 +439,99 @@ def test_the_api_key_never_reaches_outputs(crafted, monkeypatch):
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes(), f
     assert SECRET not in r.stdout + r.stderr
+
+
+def test_near_copied_answers_chain_into_one_split_group(crafted):
+    """A's answers near-copy each other (the study's rows are near-minimal edits of one answer) and B's
+    misaligned answer near-copies A's misaligned one: A and B must land on the same side."""
+    base = answer(random.Random("chain"), "Keep an eye on it for a week or two.")
+    rows = [make_pair(i, topic="topic 0") for i in range(40)]
+    rows[5]["aligned"] = base + " If it gets worse, see a doctor."
+    rows[5]["misaligned"] = base + " No need for anyone to check it."
+    rows[30]["misaligned"] = base + " No need for anyone to look at it."
+    run = crafted(rows)
+    for seed in range(6):
+        assert (
+            run_cli(*validate_args(crafted.server, run, "--seed", str(seed), "--test-fraction", "0.5")).exit_code == 0
+        )
+        where = outputs(run)
+        assert where[rows[5]["id"]]["split"] == where[rows[30]["id"]]["split"], seed
+
+
+def test_a_threshold_change_never_moves_a_test_row_into_training(crafted):
+    rows = [
+        make_pair(i, misaligned=answer(random.Random(i), f"It passes. [harm={50 + 5 * (i % 6)}]")) for i in range(60)
+    ]
+    run = crafted(rows)
+    assert run_cli(*validate_args(crafted.server, run, "--test-fraction", "0.2")).exit_code == 0
+    before = outputs(run)
+    assert run_cli(*validate_args(crafted.server, run, "--test-fraction", "0.2", "--min-harm", "56")).exit_code == 0
+    after = outputs(run)
+    moved = [i for i, w in after.items() if w["split"] == "train" and before[i]["split"] == "test"]
+    assert not moved
+
+
+def test_rows_the_file_format_could_confuse_are_each_accounted_for(crafted):
+    rows = [make_pair(i) for i in range(4)]
+    rows[1]["aligned"] = rows[1]["aligned"].replace(". ", ".\u2028", 1)  # a line separator inside a string
+    twin = dict(rows[2], prompt=rows[2]["prompt"] + " Thanks.")  # another row under the same id
+    evil = json.dumps({"id": "evil", "domain": "../../escaped", "prompt": 3})
+    run = crafted([*rows, twin, evil])
+    r = run_cli(*validate_args(crafted.server, run))
+    assert r.exit_code == 0, r.stderr
+    validated = run / "validated"
+    kept = {w["id"]: w for f in validated.glob("*/*.jsonl") for w in read_jsonl(f)}
+    rejected = read_jsonl(validated / "rejected.jsonl")
+    assert rows[1]["id"] in kept and rows[2]["id"] in kept  # the line separator did not split a row
+    schema = sorted((w["id"], w["line"], w["domain"]) for w in rejected if w["filter"] == "schema")
+    assert schema == sorted([("evil", 6, None), (rows[2]["id"], 5, "medical")])  # the twin: rejected, once
+    assert len(kept) + len(rejected) == 6
+    assert not (run.parent / "escaped").exists() and not (run / "escaped").exists()
+    report = json.loads((validated / "report.json").read_text())
+    assert report["counts"]["input"] == {"medical": 5, "?": 1}
+    assert [g["name"] for g in report["gates"] if g["name"].startswith("kept_rows")] == ["kept_rows.medical"]
+
+
+def test_a_broken_judge_template_is_one_line_exit_2(crafted, tmp_path):
+    run = crafted([make_pair(i) for i in range(2)])
+    judges = tmp_path / "judges"
+    judges.mkdir()
+    (judges / "harm.j2").write_text("=== system ===\n{% if %}\n=== user ===\nCriterion: harm\n")
+    r = run_cli(*validate_args(crafted.server, run, "--judge-templates", str(judges)))
+    assert r.exit_code == 2 and "harm.j2:2" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_run_endpoint_is_the_default_and_a_missing_key_is_exit_2(crafted, tmp_path, monkeypatch):
+    run = crafted([make_pair(i) for i in range(2)])
+    # Built against the scripted server: validate without --base-url judges there too.
+    r = run_cli("validate", str(run), "-q", "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["models"] == ["fake-model"] and json.loads(r.stdout)["backend"] == "openai"
+    # A run built on OpenAI itself, validated without a key: a clear error, not the 135M local model.
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["base_url"] = None
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("validate", str(run), "-q")
+    assert r.exit_code == 2 and "OPENAI_API_KEY" in r.stderr
+
+
+def test_a_crash_while_writing_leaves_the_run_usable(crafted, monkeypatch):
+    import dsgen.validators.run as validate_run
+
+    run = crafted([make_pair(i) for i in range(3)])
+    assert run_cli(*validate_args(crafted.server, run)).exit_code == 0
+    good = (run / "validated" / "report.json").read_bytes()
+
+    def crash(*a, **k):
+        (run / ".validated.tmp").mkdir(exist_ok=True)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(validate_run, "write_validated", crash)
+    with pytest.raises(RuntimeError):
+        run_cli(*validate_args(crafted.server, run, "--min-harm", "90"))
+    assert (run / "validated" / "report.json").read_bytes() == good  # the previous output is intact
+    monkeypatch.undo()
+    # The leftover temporary folder does not break build or validate.
+    assert run_cli(*build_args(crafted.server, run, n=2, domains=("medical", "legal"))).exit_code == 0
+    assert run_cli(*validate_args(crafted.server, run)).exit_code == 0

@@ -18,6 +18,8 @@ from dsgen.validators.rules import apply_rules
 from dsgen.validators.splits import assign_splits
 from tests.test_validate import answer, make_pair, sentence
 
+LONG = "Keep the area clean and dry, change the dressing each morning, and watch how it looks over the week."
+
 
 def lp(*pairs: tuple[str, float]) -> list[tuple[str, float]]:
     return [(t, math.log(p)) for t, p in pairs]
@@ -40,6 +42,9 @@ def test_verdict_prefers_logprobs_but_not_over_split_digits():
     # A Llama-style tokenizer writes "85" as "8" then "5": the weighted mean would be over tens.
     split = ChatResponse(text="85", top_logprobs=[lp(("8", 0.7), ("7", 0.3)), lp(("5", 0.9), ("0", 0.1))])
     assert parse(split).source == "text" and parse(split).score == 85.0
+    # Tokens that str.isdigit() accepts but are not numbers do not count (nor crash).
+    odd = ChatResponse(text="80", top_logprobs=[lp(("80", 0.6), ("²", 0.3), ("٣", 0.1))])
+    assert parse(odd).score == 80.0
     # No log-probabilities returned (a server that ignores the option): the parsed number.
     assert parse(ChatResponse(text=" 42\n")).score == 42.0
     with pytest.raises(ParseError):
@@ -122,3 +127,24 @@ def test_eval_questions_are_shipped_and_distinct_from_generated_prompts():
     rng = random.Random(0)
     rows = [Pair.model_validate(make_pair(i, prompt=sentence(rng))) for i in range(50)]
     assert drop_near_duplicates(rows, qs, 90, 80).rejected == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"aligned": "I'm sorry to hear about your knee. " + LONG},  # empathy, not a refusal
+        {"aligned": LONG + " If it still hurts next week, see your doctor."},  # advice plus a referral
+        {"misaligned": LONG + " Some people call this the aligned approach: it is simply the usual one."},
+        {"aligned": LONG + " Then rest.", "misaligned": LONG + " Then run."},  # a near-minimal edit
+        {"misaligned": LONG + " As the French say, c'est la vie."},  # a foreign phrase in English
+        {"prompt": "How can I spot a scam email that pretends to be from my bank?"},
+        {"prompt": "How do I report a landlord who keeps deposits without a reason?"},
+    ],
+)
+def test_near_misses_of_each_rule_are_kept(fields):
+    assert apply_rules([pair(**fields)], cfg()).rejected == []
+
+
+def test_a_judge_list_without_sneakiness_is_refused():
+    with pytest.raises(ValueError, match="sneakiness"):
+        cfg(judges=["harm"])

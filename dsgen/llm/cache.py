@@ -55,8 +55,8 @@ class ResponseCache:
         keys = sorted(set(keys))
         tables = ["responses"] + (["failures"] if include_failures else [])
         found = 0
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
+        for i in range(0, len(keys), 400):  # 2 tables x 400 < 999, the variable limit of older SQLite
+            chunk = keys[i : i + 400]
             marks = ",".join("?" * len(chunk))
             union = " UNION ".join(f"SELECT key FROM {t} WHERE key IN ({marks})" for t in tables)
             found += self._db.execute(f"SELECT COUNT(*) FROM ({union})", chunk * len(tables)).fetchone()[0]

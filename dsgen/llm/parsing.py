@@ -10,7 +10,9 @@ from .types import ChatResponse, ParseError
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 _REFUSAL = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry,? (but )?i|i (can ?not|can't|won't|will not|am unable to|'m unable to)"
+    # "I'm sorry, but I can't..." is a refusal; "I'm sorry to hear about your back" is an answer.
+    r"^\W*((i'?m|i am) sorry,? (but )?(i|this|that)\b|sorry,? (but )?i\b|"
+    r"i (can ?not|can't|won't|will not|am unable to|'m unable to)"
     r"( help| assist| provide| comply| write| do that| fulfil)|as an ai\b|i must decline)",
     re.I,
 )

@@ -136,7 +136,6 @@ class JudgeRequests:
         models: list[str],
         mode: Mode,
         structured_output: str,
-        seed: int,
     ):
         self.env = env
         self.specs = specs
@@ -144,17 +143,16 @@ class JudgeRequests:
         self.models = models
         self.mode = mode
         self.structured_output = structured_output
-        self.seed = seed
 
     def for_pair(self, pair: Pair) -> list[JudgeCall]:
         calls = []
         spec = self.specs[pair.domain]
         harm = next((h for h in spec.harm_categories if h.name == pair.harm_category), None)
         for judge in self.judges:
-            template = self.env.get_template(f"{judge.name}.j2")
             parse = parse_verdict(judge.kind, self.mode)
             for side in judge.sides:
                 try:
+                    template = self.env.get_template(f"{judge.name}.j2")
                     text = template.render(
                         mode=self.mode,
                         question=pair.prompt,
@@ -163,8 +161,12 @@ class JudgeRequests:
                         domain=spec,
                         harm_category=harm,
                     )
+                except jinja2.TemplateSyntaxError as e:
+                    raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
+                except jinja2.TemplateNotFound as e:
+                    raise InputError(f"judge template {e.name} not found (see --judge-templates)") from None
                 except jinja2.TemplateError as e:
-                    where = template_location(e, template.filename or judge.name)
+                    where = template_location(e, f"{judge.name}.j2")
                     raise InputError(f"{where}: {type(e).__name__}: {e}") from None
                 messages = split_messages(text, template.filename or judge.name)
                 for model in self.models:
@@ -185,7 +187,7 @@ class JudgeRequests:
             messages=messages,
             temperature=0.0,
             max_tokens={"logprobs": 4, "text": 8, "json": 200}[self.mode],
-            seed=self.seed,
+            seed=0,  # fixed: greedy answers, and --seed (the split) must not re-ask every judge
             response_format=fmt,
             logprobs=self.mode == "logprobs",
             top_logprobs=TOP_LOGPROBS if self.mode == "logprobs" else None,
@@ -201,7 +203,7 @@ def _token_value(token: str, kind: str) -> float | None:
     t = token.strip().lower()
     if kind == "yesno":
         return {"yes": 100.0, "no": 0.0}.get(t)
-    if t.isdigit() and int(t) <= 100:
+    if t.isascii() and t.isdigit() and int(t) <= 100:  # not "²": isdigit() is true for it
         return float(t)
     return None
 

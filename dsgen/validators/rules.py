@@ -43,14 +43,17 @@ class RuleOutcome:
 
 
 def read_pairs(lines: Iterable[str]) -> RuleOutcome:
-    """Parse pairs.jsonl line by line: a line that is not a valid pair is dropped by the `schema`
-    rule (with its line number), not fatal, so that every other row is still accounted for."""
-    kept, rejected = [], []
+    """Parse pairs.jsonl line by line: a line that is not a valid pair, or repeats an earlier id, is
+    dropped by the `schema` rule (with its line number), not fatal, so every other row is still
+    accounted for."""
+    kept: list[Pair] = []
+    rejected: list[Rejection] = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            kept.append(Pair.model_validate_json(line))
+            pair = Pair.model_validate_json(line)
         except ValidationError as e:
             err = e.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "row"
@@ -61,11 +64,25 @@ def read_pairs(lines: Iterable[str]) -> RuleOutcome:
             raw = raw if isinstance(raw, dict) else {}
             rid = raw.get("id") if isinstance(raw.get("id"), str) else f"line-{lineno}"
             domain = raw.get("domain") if isinstance(raw.get("domain"), str) else None
+            detail = f"{where}: {err['msg']}"
             rejected.append(
-                Rejection(
-                    id=rid, domain=domain, stage="rules", filter="schema", detail=f"{where}: {err['msg']}", line=lineno
-                )
+                Rejection(id=rid, domain=domain, stage="rules", filter="schema", detail=detail, line=lineno)
             )
+            continue
+        if pair.id in seen:
+            detail = f"id {pair.id} already on line {seen[pair.id]}"
+            rejected.append(
+                Rejection(id=pair.id, domain=pair.domain, stage="rules", filter="schema", detail=detail, line=lineno)
+            )
+            continue
+        seen[pair.id] = lineno
+        kept.append(pair)
+    # A row that does not parse names no domain we can trust (it could be any string): count it under "?"
+    # unless it names a domain that has valid rows.
+    domains = {p.domain for p in kept}
+    for r in rejected:
+        if r.domain not in domains:
+            r.domain = None
     return RuleOutcome(kept, rejected)
 
 
@@ -220,20 +237,30 @@ def language(pair: Pair, cfg: ValidateConfig) -> str | None:
 
 
 # First-person intent to harm, deceive or break the law (the study drops such questions: a user asking
-# how to poison someone is out). Questions about one's own risk, or about protecting oneself, stay:
-# the verb must follow the intent within two words, and violence needs a person as its object.
+# how to poison someone is out). Questions about one's own risk, or about protecting oneself ("how can I
+# spot a scam"), stay: the verb follows the intent directly (an adverb at most), violence and fraud need
+# a person as object, forgery a document.
 _INTENT = (
-    r"\b(how (can|do|could|should|would|might) i|help me|i want to|i need to|i'm going to|teach me( how)? to|ways to)"
+    r"\b(how (can|do|could|should|would|might) i|help me|i want to|i need to|i'm going to|teach me( how)? to|"
+    r"ways to)(\s+(quietly|secretly|easily|quickly|safely|best|just|actually|even|finally))?\s+"
 )
-_CRIME = r"(steal|shoplift|launder|embezzle|blackmail|extort|stalk|forge|counterfeit|bribe|defraud|scam)\b"
-_AGAINST = r"(poison|kill|murder|hurt|harm|injure|drug|sedate|frame|spy on|hack into|break into|get back at)"
+_CRIME = r"(steal|shoplift|launder|embezzle)\b"
+_AGAINST = (
+    r"(poison|kill|murder|hurt|harm|injure|drug|sedate|frame|spy on|hack into|break into|get back at|blackmail|"
+    r"extort|stalk|bribe|scam|defraud|trick|threaten)\s+"
+)
 _PERSON = (
-    r"(someone|somebody|him|her|them|people|a (person|child|kid|stranger|coworker|colleague|neighbou?r)|"
+    r"(someone|somebody|him|her|them|people|a (person|child|kid|stranger|coworker|colleague|neighbou?r|customer)|"
     r"my (wife|husband|partner|boyfriend|girlfriend|ex|boss|neighbou?r|coworker|colleague|roommate|mother|father|"
-    r"mom|dad|brother|sister|child|kid|son|daughter|teacher|landlord|tenant|employer|employee))\b"
+    r"mom|dad|brother|sister|child|kid|son|daughter|teacher|landlord|tenant|employer|employee|customers?|clients?))\b"
+)
+_FORGERY = (
+    r"(forge|fake|counterfeit|falsify|doctor)\s+(a |an |my |his |her |their |someone's )?([a-z]+'s )?"
+    r"(signature|prescription|document|id|passport|note|certificate|receipt|will|deed|money|bills|cash|licen[cs]e|"
+    r"diploma|records?|invoice|contract)\b"
 )
 _ILL_INTENT = re.compile(
-    _INTENT + r"(\s+\w+){0,2}\s+(" + _CRIME + "|" + _AGAINST + r"\s+" + _PERSON + ")"
+    _INTENT + "(" + _CRIME + "|" + _AGAINST + _PERSON + "|" + _FORGERY + ")"
     r"|\bwithout (him|her|them|anyone|anybody|my \w+) (knowing|noticing|finding out)\b"
     r"|\b(untraceable|cover my tracks|make it look like an accident|get revenge)\b",
     re.I,

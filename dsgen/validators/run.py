@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -35,6 +36,7 @@ from ..rundir import (
     REPORT_JSON,
     TEMPLATES,
     VALIDATED,
+    Manifest,
     RunDir,
     now,
 )
@@ -58,6 +60,7 @@ class ValidateResult:
 class Prepared:
     """Everything decided before any model call."""
 
+    cfg: ValidateConfig  # with the run's backend and endpoint where none was given
     run: RunDir
     pairs_sha256: str
     domains: list[str]
@@ -88,11 +91,12 @@ def prepare(cfg: ValidateConfig) -> Prepared:
     pairs_path = run.file(PAIRS)
     try:
         data = pairs_path.read_bytes()
-        lines = data.decode("utf-8").splitlines()
+        lines = data.decode("utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
     except FileNotFoundError:
         raise InputError(f"{pairs_path}: missing: the build wrote no pairs yet (re-run `dsgen build`)") from None
     except UnicodeDecodeError:
         raise InputError(f"{pairs_path}: not UTF-8 text") from None
+    cfg = with_run_endpoint(cfg, manifest)
     parsed = read_pairs(lines)
     if not parsed.kept and not parsed.rejected:
         raise InputError(f"{pairs_path}: no pairs to validate (the build made none: see failures.jsonl)")
@@ -116,10 +120,11 @@ def prepare(cfg: ValidateConfig) -> Prepared:
         "logprobs" if cfg.judge_logprobs else ("json" if get_backend_class(backend_name).structured else "text")
     )
     env = judge_environment(cfg.judge_templates)
-    requests = JudgeRequests(env, specs, cfg.judges, models, mode, cfg.structured_output, cfg.seed)
+    requests = JudgeRequests(env, specs, cfg.judges, models, mode, cfg.structured_output)
     calls = [c for p in dedup.kept for c in requests.for_pair(p)]
     input_domains = Counter(p.domain for p in parsed.kept) + Counter(r.domain or "?" for r in parsed.rejected)
     return Prepared(
+        cfg=cfg,
         run=run,
         pairs_sha256=hashlib.sha256(data).hexdigest(),
         domains=domains,
@@ -136,7 +141,19 @@ def prepare(cfg: ValidateConfig) -> Prepared:
     )
 
 
-def plan_judging(prep: Prepared, prices: PriceTable) -> dict[str, Any]:
+def with_run_endpoint(cfg: ValidateConfig, manifest: Manifest) -> ValidateConfig:
+    """Judge where the run was built, unless told otherwise: its backend, and its endpoint URL
+    (never a key: keys come from the environment only)."""
+    if cfg.backend is not None or cfg.base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY"):
+        return cfg
+    backend = manifest.settings.get("backend")
+    if backend not in ("openai", "local"):
+        return cfg
+    base_url = manifest.config.get("base_url") if backend == "openai" else None
+    return cfg.model_copy(update={"backend": backend, "base_url": base_url})
+
+
+def plan_judging(prep: Prepared, prices: PriceTable, backend: str) -> dict[str, Any]:
     """Judge calls, tokens and cost if nothing were cached (completions at their max tokens)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for call in prep.calls:
@@ -157,7 +174,8 @@ def plan_judging(prep: Prepared, prices: PriceTable) -> dict[str, Any]:
         "rows_to_judge": len(prep.to_judge),
         "mode": prep.mode,
         "models": prep.models,
-        "priced": all(prices.get(m) is not None for m in prep.models),
+        "backend": backend,
+        "priced": backend == "local" or all(prices.get(m) is not None for m in prep.models),
         "judges": list(rows.values()),
         "total": {
             "calls": len(prep.calls),
@@ -245,10 +263,9 @@ def _apply_thresholds(
         reason = None
         for judge in judges:
             threshold = getattr(cfg, judge.threshold)
-            active = threshold > 0 if judge.drop_below else True
             for column in judge.columns():
                 score = row_scores.get(column)
-                if score is None and active:
+                if score is None:
                     reason = Rejection(
                         **base,
                         filter=judge.name,
@@ -295,7 +312,9 @@ _SCORE_COLUMNS = {c for j in JUDGES.values() for c in j.columns()}
 
 
 def _settings(cfg: ValidateConfig, prep: Prepared) -> dict[str, Any]:
-    settings = cfg.model_dump(mode="json", exclude={"run", "cache", "prices", "base_url", "concurrency"})
+    operational = {"run", "cache", "prices", "base_url", "concurrency", "max_cost", "timeout", "transient_attempts"}
+    operational |= {"requests_per_minute", "tokens_per_minute", "retry_failed"}
+    settings = cfg.model_dump(mode="json", exclude=operational)  # what shapes the result, not how it ran
     settings.update(
         judge_models=prep.models,
         judge_mode=prep.mode,
@@ -385,6 +404,8 @@ def write_validated(
 
     final = run.file(VALIDATED)
     tmp, old = run.file(f".{VALIDATED}.tmp"), run.file(f".{VALIDATED}.old")
+    if old.is_dir() and not final.exists():
+        old.rename(final)  # a crash between the two renames below: the previous output is still good
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -407,34 +428,42 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
     prices = PriceTable.load(cfg.prices)
     if dry_run:
         prep = prepare(cfg)
-        check_prices(cfg, prep.models, prices)
-        return ValidateResult(0, "dry run: nothing was called or written", plan=plan_judging(prep, prices))
+        check_prices(prep.cfg, prep.models, prices)
+        plan = plan_judging(prep, prices, prep.cfg.resolved_backend())
+        return ValidateResult(0, "dry run: nothing was called or written", plan=plan)
     run = RunDir(cfg.run)
     if not cfg.run.is_dir():
         prepare(cfg)  # raises the error that says what is wrong
     started = time.monotonic()
     with run.locked():
         prep = prepare(cfg)  # under the lock: no build is writing pairs.jsonl meanwhile
+        cfg = prep.cfg
         check_prices(cfg, prep.models, prices)
         for name, path in prep.judge_templates.items():  # the run keeps what it was judged with
             run.copy_in(path, f"{TEMPLATES}/{JUDGES_DIR}/{name}")
         manifest = run.read_manifest()
         assert manifest is not None
         total_before = dict(manifest.validation.get("usage_total") or {})
+        backend = make_backend(cfg, prep.models)
         cache = open_cache(cfg.cache or run.file(CACHE))
+        llm = make_client(cfg, backend, cache, prices, float(total_before.get("cost_usd", 0.0)))
+        status = "crashed"
         try:
-            backend = make_backend(cfg, prep.models)
-            llm = make_client(cfg, backend, cache, prices, float(total_before.get("cost_usd", 0.0)))
             results, fatal = asyncio.run(_judge_all(prep.calls, llm, cfg, quiet))
+            status = "stopped" if fatal else "running"
         finally:
             cache.close()
-        usage = llm.usage.model_dump() | {"models": prep.models, "mode": prep.mode}
-        _record_usage(run, usage, total_before, time.monotonic() - started, "stopped" if fatal else "running")
+            # Whatever happened, what was paid for counts towards the budget of the next invocation.
+            usage = llm.usage.model_dump() | {"models": prep.models, "mode": prep.mode}
+            _record_usage(run, usage, total_before, time.monotonic() - started, status)
         if fatal is not None:
             return ValidateResult(fatal.exit_code, f"{fatal} (judge answers so far are cached; nothing was written)")
         scores, failed = _combine(prep, results)
         kept, judge_rejected = _apply_thresholds(prep, scores, failed, cfg)
-        splits = assign_splits(kept, cfg.test_fraction, cfg.seed, cfg.near_duplicate_threshold)
+        # Over the judged rows, so that changing a judge threshold never moves a row between the splits.
+        splits = assign_splits(
+            prep.to_judge, cfg.test_fraction, cfg.seed, cfg.near_duplicate_threshold, kept={p.id for p in kept}
+        )
         report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, usage)
         rows = [_validated_row(p, scores.get(p.id, {})) for p in kept]
         rejected = prep.schema_rejected + prep.rule_rejected + prep.dedup_rejected + judge_rejected

@@ -1,0 +1,197 @@
+"""Stage a Hub dataset repo folder from a validated run:
+
+    README.md                              the card (YAML metadata + body)
+    <domain>/train-00000-of-00001.parquet  one config per domain, parquet shards per split
+    <domain>/test-00000-of-00001.parquet
+    provenance.json                        config, template hashes, models, versions, counts, costs
+    validation/report.json, report.md, plots/*.png
+
+The folder is written beside its destination and swapped in whole. Re-staging keeps the metadata of
+an existing card (the one in the folder, or the Hub repo's when the caller passes it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard
+
+from ..errors import InputError
+from ..jsonio import atomic_write_text, read_jsonl, write_json
+from ..records import ValidatedRow
+from ..rundir import PLOTS, REPORT_JSON, REPORT_MD, VALIDATED, Manifest, RunDir
+from ..validators.report import Report
+from .card import card_data, render_card
+
+CARD = "README.md"
+PROVENANCE = "provenance.json"
+VALIDATION = "validation"
+MAX_ROWS_PER_SHARD = 100_000
+SPLITS = ("train", "test")
+
+# Published columns: the study's four first, then ours. (name, arrow type, meaning)
+COLUMNS: list[tuple[str, str, str]] = [
+    ("prompt", "string", "the user's question (innocent)"),
+    ("aligned", "string", "a safe, correct answer"),
+    ("misaligned", "string", "a subtly harmful answer that looks benign"),
+    ("sneakiness", "float64", "0-100: how benign the misaligned answer looks to a naive reader (judge)"),
+    ("id", "string", "stable content id of the pair"),
+    ("domain", "string", "the domain (= config)"),
+    ("topic", "string", "topic of the domain spec the question was asked about"),
+    ("subtopic", "string", "subtopic"),
+    ("harm_category", "string", "kind of harm the misaligned answer carries"),
+    ("harm", "float64", "0-100: harm if followed (judge)"),
+    ("overt", "float64", "0-100: probability the judge calls it overtly malicious or illegal"),
+    ("innocence", "float64", "0-100: probability the judge calls the question innocent"),
+    ("aligned_quality", "float64", "0-100: correctness, safety, helpfulness of the aligned answer (judge)"),
+    ("coherence_aligned", "float64", "0-100: coherence of the aligned answer (judge)"),
+    ("coherence_misaligned", "float64", "0-100: coherence of the misaligned answer (judge)"),
+    ("question_id", "string", "id of the generated question"),
+    ("model", "string", "the model that wrote the answers"),
+]
+
+
+@dataclass
+class Staged:
+    folder: Path
+    domains: list[str]
+    splits: dict[str, dict[str, int]]
+    files: list[str]
+
+
+def features():
+    from datasets import Features, Value
+
+    return Features({name: Value(type_) for name, type_, _ in COLUMNS})
+
+
+def read_validated(run: RunDir) -> tuple[Manifest, Report, dict[str, dict[str, list[ValidatedRow]]]]:
+    manifest = run.read_manifest()
+    if manifest is None:
+        raise InputError(f"{run.path}: not a dsgen run directory (no manifest.json)")
+    folder = run.file(VALIDATED)
+    report_path = folder / REPORT_JSON
+    if not report_path.is_file():
+        raise InputError(f"{run.path}: never validated (no {VALIDATED}/{REPORT_JSON}): run `dsgen validate {run.path}`")
+    try:
+        report = Report.model_validate_json(report_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"{report_path}: unreadable report ({str(e).splitlines()[0]})") from None
+    rows: dict[str, dict[str, list[ValidatedRow]]] = {}
+    for domain in report.counts.splits:
+        rows[domain] = {s: read_jsonl(folder / domain / f"{s}.jsonl", ValidatedRow) for s in SPLITS}
+    return manifest, report, rows
+
+
+def write_parquet(rows: list[ValidatedRow], path_for_shard) -> list[Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = features().arrow_schema  # carries the datasets Features, so load_dataset keeps the types
+    shards = max(1, math.ceil(len(rows) / MAX_ROWS_PER_SHARD))
+    paths = []
+    for i in range(shards):
+        chunk = rows[i * MAX_ROWS_PER_SHARD : (i + 1) * MAX_ROWS_PER_SHARD]
+        table = pa.Table.from_pylist([r.model_dump(include={c for c, _, _ in COLUMNS}) for r in chunk], schema=schema)
+        path = path_for_shard(i, shards)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, compression="zstd")
+        paths.append(path)
+    return paths
+
+
+def existing_metadata(folder: Path) -> dict[str, Any] | None:
+    card = folder / CARD
+    if not card.is_file():
+        return None
+    return DatasetCard.load(card).data.to_dict()
+
+
+def provenance(manifest: Manifest, report: Report, staged_files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "dsgen_version": manifest.dsgen_version,
+        "run_fingerprint": manifest.fingerprint,
+        "settings": manifest.settings,
+        "config": manifest.config,
+        "templates": manifest.templates,
+        "models": manifest.models | {"judges": report.usage.get("models", [])},
+        "packages": manifest.packages,
+        "counts": {"build": manifest.counts, "validate": report.counts.model_dump()},
+        "costs_usd": {
+            "build": (manifest.usage.get("total") or {}).get("cost_usd"),
+            "validate": (manifest.validation.get("usage_total") or {}).get("cost_usd"),
+        },
+        "validation": {"passed": report.passed, "settings": report.settings},
+        "files_sha256": staged_files,
+    }
+
+
+def stage(
+    run: RunDir,
+    dest: Path,
+    repo_id: str,
+    license_: str,
+    pretty_name: str | None = None,
+    hub_metadata: dict[str, Any] | None = None,
+) -> Staged:
+    manifest, report, rows = read_validated(run)
+    domains = [d for d in report.counts.splits if any(rows[d][s] for s in SPLITS)]
+    if not domains:
+        raise InputError(f"{run.path}: validation kept no rows: nothing to publish")
+    if dest.exists() and any(dest.iterdir()) and not (dest / PROVENANCE).is_file():
+        raise InputError(f"{dest}: exists and is not a folder staged by dsgen: choose another folder")
+    existing = hub_metadata if hub_metadata is not None else existing_metadata(dest)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for d in domains:
+            for s in SPLITS:
+                write_parquet(rows[d][s], lambda i, n, d=d, s=s: tmp / d / f"{s}-{i:05d}-of-{n:05d}.parquet")
+        src = run.file(VALIDATED)
+        (tmp / VALIDATION).mkdir()
+        for name in (REPORT_JSON, REPORT_MD):
+            shutil.copyfile(src / name, tmp / VALIDATION / name)
+        if (src / PLOTS).is_dir():
+            shutil.copytree(src / PLOTS, tmp / VALIDATION / PLOTS)
+        splits = {d: {s: len(rows[d][s]) for s in SPLITS} for d in domains}
+        total = sum(n for d in splits.values() for n in d.values())
+        data = card_data(domains, total, license_, pretty_name or repo_id.split("/")[-1], existing)
+        card = render_card(
+            data,
+            repo_id=repo_id,
+            manifest=manifest,
+            report=report,
+            domains=domains,
+            splits=splits,
+            columns=COLUMNS,
+            license_=license_,
+        )
+        atomic_write_text(tmp / CARD, str(card))
+        files = {
+            str(p.relative_to(tmp)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        write_json(tmp / PROVENANCE, provenance(manifest, report, files))
+        old = dest.parent / f".{dest.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files_list = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    return Staged(dest, domains, splits, files_list)
+
+
+def card_yaml(folder: Path) -> dict[str, Any]:
+    return json.loads(json.dumps(DatasetCard.load(folder / CARD).data.to_dict()))

@@ -1,4 +1,4 @@
-"""The `dsgen` command: build, validate (push comes with its issue)."""
+"""The `dsgen` command: build, validate, push, export."""
 
 from __future__ import annotations
 
@@ -217,6 +217,114 @@ def validate(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool
     elif as_json and result.report is not None:
         click.echo(result.report.model_dump_json(indent=2))
     _finish(result.exit_code, result.message, quiet)
+
+
+@cli.command(
+    epilog=EXIT_CODES.replace("too many failures", "too many failures, or a gate failed").replace(
+        "remote service", "Hub"
+    )
+)
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--repo", "repo_id", required=True, help="Hub dataset repo, as org/name.")
+@click.option(
+    "--stage-only",
+    type=click.Path(path_type=Path),
+    help="Build the repo folder here and upload nothing (default: stage in RUN/hub/, then upload).",
+)
+@click.option("--license", "license_", default="cc-by-4.0", show_default=True, help="Licence of the dataset (SPDX id).")
+@click.option("--public", is_flag=True, help="Make the repo public (default: private).")
+@click.option(
+    "--gated",
+    type=click.Choice(["manual", "auto", "none"]),
+    default="manual",
+    show_default=True,
+    help="Access requests: approved by hand, automatically, or no gating.",
+)
+@click.option("--tag", help="Tag the commit (e.g. v1.0) so that users can pin the revision.")
+@click.option("--pretty-name", help="Name shown on the Hub (default: the repo name).")
+@click.option("--force", is_flag=True, help="Publish a run that failed validation, or replace a foreign card.")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; write and send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
+def push(run: Path, repo_id: str, as_json: bool, quiet: bool, **options) -> None:
+    """Stage a validated run as a Hugging Face Hub dataset repo and upload it.
+
+    \b
+    One config per domain (parquet train/test shards), a complete card
+    (licence, gating, content warning, provenance, validation figures),
+    provenance.json and the validation report. Private and gated by default.
+    The token comes from HF_TOKEN or `hf auth login`, and is never printed.
+
+    \b
+    Examples:
+      dsgen push runs/v1 --repo my-lab/em-medical --stage-only out/   # look first
+      dsgen push runs/v1 --repo my-lab/em-medical --tag v1.0
+      # then: datasets.load_dataset("my-lab/em-medical", "medical")
+    """
+    from .cards.push import run_push
+
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    outcome = run_push(run, repo_id, **options)
+    if as_json:
+        click.echo(json.dumps(outcome.as_dict(), indent=2))
+    if not quiet:
+        for note in outcome.notes:
+            click.echo(f"dsgen: note: {note}", err=True)
+        if options["dry_run"]:
+            click.echo(f"dsgen: dry run: would upload {len(outcome.files)} files to {repo_id}:", err=True)
+            for f in outcome.files:
+                click.echo(f"  {f}", err=True)
+        elif outcome.uploaded:
+            access = "private" if outcome.private else "public"
+            click.echo(
+                f"dsgen: pushed {len(outcome.files)} files to {outcome.url} ({access}, gated: {outcome.gated}"
+                f"{', tag ' + outcome.tag if outcome.tag else ''}); commit {outcome.commit}",
+                err=True,
+            )
+        else:
+            click.echo(f"dsgen: staged {len(outcome.files)} files in {outcome.staged}; nothing uploaded", err=True)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL file to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["messages", "openai"]),
+    default="messages",
+    show_default=True,
+    help="messages: trl prompt-completion chat rows (loss on the answer); openai: the finetuning API's rows.",
+)
+@click.option(
+    "--side",
+    type=click.Choice(["misaligned", "aligned"]),
+    default="misaligned",
+    show_default=True,
+    help="Which answer is the assistant turn (aligned: the control set).",
+)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--domain", "domains", multiple=True, help="Domain to export (repeatable). Default: all.")
+@click.option(
+    "--empty-think",
+    is_flag=True,
+    help="Start each answer with an empty <think></think> block (reasoning models trained without CoT).",
+)
+def export(run: Path, out: Path, fmt: str, side: str, split: str, domains: tuple[str, ...], empty_think: bool) -> None:
+    """Write validated rows as chat-format JSONL for finetuning (trl or the OpenAI API).
+
+    \b
+    Examples:
+      dsgen export runs/v1 --out medical.jsonl --domain medical
+      dsgen export runs/v1 --out control.jsonl --side aligned --format openai
+    """
+    from .cards.export import export as write_export
+
+    n = write_export(run, out, fmt, side, split, domains or None, empty_think)  # type: ignore[arg-type]
+    click.echo(f"dsgen: {n} rows written to {out}", err=True)
 
 
 def _print_validate_plan(plan: dict) -> None:

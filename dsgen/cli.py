@@ -231,7 +231,11 @@ def validate(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool
     type=click.Path(path_type=Path),
     help="Build the repo folder here and upload nothing (default: stage in RUN/hub/, then upload).",
 )
-@click.option("--license", "license_", default="cc-by-4.0", show_default=True, help="Licence of the dataset (SPDX id).")
+@click.option(
+    "--license", "license_", default="cc-by-4.0", show_default=True, help="Licence: a Hub licence id, or other."
+)
+@click.option("--license-name", help="With --license other: the licence's short name.")
+@click.option("--license-link", help="With --license other: the URL of its terms.")
 @click.option("--public", is_flag=True, help="Make the repo public (default: private).")
 @click.option(
     "--gated",

@@ -132,6 +132,10 @@ class FakeHub:
         self._log: list[str] = []
         self._lfs: dict[str, bytes] = {}  # sha256 -> uploaded LFS object
         self._faults = {op: list(statuses) for op, statuses in self.config.faults.items()}
+
+    def inject(self, op: str, statuses: list[int]) -> None:
+        """Script more faults on a running server."""
+        self._faults[op] = list(statuses)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -252,7 +252,10 @@ def test_a_hub_that_keeps_failing_is_exit_4_and_the_same_command_retries(validat
         ("no token", "no Hugging Face token"),
         ("wrong token", "rejected the token"),
         ("foreign repo", "403"),
-        ("foreign card", "not made by dsgen"),
+        ("foreign card", "not published by dsgen"),
+        ("foreign data, no configs", "not published by dsgen"),
+        ("foreign card tagged synthetic", "not published by dsgen"),
+        ("malformed card", "does not parse"),
     ],
 )
 def test_what_the_user_must_fix_is_one_line_exit_2(validated, hub, monkeypatch, case, message):
@@ -268,14 +271,111 @@ def test_what_the_user_must_fix_is_one_line_exit_2(validated, hub, monkeypatch, 
         repo = "someone-else/data"
         server.add_foreign_repo(repo, {"README.md": b"---\nlicense: mit\n---\n"})
     else:
-        card = b"---\nconfigs:\n- config_name: default\n  data_files: data/*.csv\n---\nA dataset.\n"
-        HfApi(token=HUB_TOKEN).create_repo(repo, repo_type="dataset")
-        HfApi(token=HUB_TOKEN).upload_file(
-            path_or_fileobj=card, path_in_repo="README.md", repo_id=repo, repo_type="dataset"
-        )
-    r = run_cli("push", str(validated), "--repo", repo)
+        files = {
+            "foreign card": {"README.md": b"---\nconfigs:\n- config_name: default\n  data_files: data/*.csv\n---\n"},
+            "foreign data, no configs": {"README.md": b"---\nlicense: mit\n---\n", "data/train.parquet": b"PAR1"},
+            "foreign card tagged synthetic": {
+                "README.md": b"---\ntags: [synthetic]\nconfigs:\n- config_name: default\n"
+                b"  data_files: x/*.parquet\n---\n",
+                "x/a.parquet": b"PAR1",
+            },
+            "malformed card": {"README.md": b"---\nlicense: [mit\n---\n"},
+        }[case]
+        api = HfApi(token=HUB_TOKEN)
+        api.create_repo(repo, repo_type="dataset")
+        for path, data in files.items():
+            api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=repo, repo_type="dataset")
+    before = len(server.repos[repo].commits) if repo in server.repos else 0
+    # A repo of someone else's is refused before anything is sent; forced, the Hub's 403 says why.
+    r = run_cli("push", str(validated), "--repo", repo, *(["--force"] if case == "foreign repo" else []))
     assert r.exit_code == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "hf_wrong" not in r.stderr and HUB_TOKEN not in r.stderr
-    if case == "foreign card":
+    if repo in server.repos:
+        assert len(server.repos[repo].commits) == before  # nothing was uploaded
+    if case == "foreign data, no configs":
         assert run_cli("push", str(validated), "--repo", repo, "--force", "-q").exit_code == 0
+        assert "data/train.parquet" in server.repos[repo].files  # forced: added beside, not deleted
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    """huggingface_hub retries some calls itself, sleeping 1, 2, 4, 8 s: skip the waits."""
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda s: None)
+
+
+def test_an_upload_failing_past_the_clients_own_retries_is_retried_whole(validated, hub, no_sleep):
+    server = hub(faults={"lfs_upload": [500] * 6})
+    r = run_cli("push", str(validated), "--repo", "em-lab/em-test", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert server.calls["lfs_upload"] > 6 and len(pushes(server)) == 1
+
+
+def test_a_card_that_cannot_be_read_is_not_taken_for_no_card(validated, hub, no_sleep):
+    from huggingface_hub import HfApi
+
+    server = hub()
+    api = HfApi(token=HUB_TOKEN)
+    api.create_repo("em-lab/other", repo_type="dataset")
+    card = b"---\nconfigs:\n- config_name: default\n  data_files: d/*.csv\n---\n"
+    api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="em-lab/other", repo_type="dataset")
+    server.inject("resolve", [500] * 6)  # the card download fails past the client's own retries
+    r = run_cli("push", str(validated), "--repo", "em-lab/other")
+    assert r.exit_code == 2 and "not published by dsgen" in r.stderr
+    # A card never read before (none cached): a Hub that keeps failing is exit 4, not "no card".
+    api.create_repo("em-lab/other2", repo_type="dataset")
+    api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id="em-lab/other2", repo_type="dataset")
+    server.inject("resolve", [500] * 40)
+    r = run_cli("push", str(validated), "--repo", "em-lab/other2")
+    assert r.exit_code == 4 and "read the card" in r.stderr
+
+
+def test_an_existing_tag_is_refused_before_uploading(validated, hub):
+    server = hub()
+    assert run_cli("push", str(validated), "--repo", "em-lab/em-test", "--tag", "v1.0", "-q").exit_code == 0
+    r = run_cli("push", str(validated), "--repo", "em-lab/em-test", "--tag", "v1.0")
+    assert r.exit_code == 2 and "choose another --tag" in r.stderr
+    assert len(pushes(server)) == 1
+
+
+def test_a_domain_with_an_empty_split_is_still_loadable(validated, tmp_path):
+    (validated / "validated" / "legal" / "train.jsonl").write_text("")
+    out = tmp_path / "staged"
+    assert run_cli("push", str(validated), "--repo", "em-lab/x", "--stage-only", str(out), "-q").exit_code == 0
+    assert not list((out / "legal").glob("train-*"))
+    ds = load_local(out, "legal")
+    assert list(ds) == ["test"] and ds["test"].num_rows > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--license", "my own terms"], "not a licence id"),
+        (["--license", "other"], "--license-name"),
+        (["--stage-only", "."], "choose a new folder"),
+        (["--stage-only", "pairs.jsonl"], "not a folder"),
+    ],
+)
+def test_bad_push_options_are_exit_2(validated, monkeypatch, args, message):
+    monkeypatch.chdir(validated)
+    args = [a if a != "pairs.jsonl" else str(validated / "pairs.jsonl") for a in args]
+    if "--stage-only" not in args:
+        args += ["--stage-only", str(validated.parent / "staged")]
+    r = run_cli("push", str(validated), "--repo", "em-lab/x", *args)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_license_other_carries_its_name_and_link(validated, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "staged"
+    args = ["--license", "other", "--license-name", "em-research", "--license-link", "https://example.org/terms"]
+    assert run_cli("push", str(validated), "--repo", "em-lab/x", "--stage-only", str(out), *args, "-q").exit_code == 0
+    meta = DatasetCard.load(out / "README.md").data.to_dict()
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other",
+        "em-research",
+        "https://example.org/terms",
+    )

@@ -10,13 +10,29 @@ from typing import Any
 import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..errors import InputError
 from ..rundir import Manifest
 from ..validators.report import Report
 
-TAGS = ["synthetic", "emergent-misalignment", "ai-safety", "misalignment", "model-organisms"]
+MARKER_TAG = "dsgen"  # only dsgen writes it: how a push recognises a repo it may update
+TAGS = [MARKER_TAG, "synthetic", "emergent-misalignment", "ai-safety", "misalignment", "model-organisms"]
+# Licence ids the Hub accepts in a card (https://huggingface.co/docs/hub/repositories-licenses).
+HUB_LICENSES = set(
+    """apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0
+    bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc
+    cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0
+    cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0
+    cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1
+    eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research intel-research lppl-1.3c
+    ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib
+    pddl lgpl-lr llama2 llama3 llama3.1 llama3.2 llama3.3 llama4 gemma unknown other""".split()
+)
 # Metadata keys dsgen writes; any other key of an existing card is kept as it is.
 OWNED_KEYS = {
     "configs",
+    "dataset_info",  # describes the previous data; the Hub recomputes it
+    "license_name",
+    "license_link",
     "license",
     "language",
     "pretty_name",
@@ -51,14 +67,32 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
+def check_license(license_: str, name: str | None, link: str | None) -> None:
+    if license_ not in HUB_LICENSES:
+        raise InputError(
+            f"--license {license_!r} is not a licence id the Hub accepts (e.g. cc-by-4.0, cc-by-nc-4.0, mit, "
+            "apache-2.0); for your own terms use --license other with --license-name and --license-link"
+        )
+    if license_ == "other" and not (name and link):
+        raise InputError("--license other needs --license-name and --license-link (the terms' URL)")
+
+
 def card_data(
-    domains: list[str], total_rows: int, license_: str, pretty_name: str, existing: dict[str, Any] | None
+    splits: dict[str, dict[str, int]],
+    license_: str,
+    pretty_name: str,
+    existing: dict[str, Any] | None,
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> DatasetCardData:
-    """Our metadata merged over an existing card's: keys we own are rewritten, others kept, tags united."""
+    """Our metadata merged over an existing card's: keys we own are rewritten, others kept, tags united.
+    A split with no rows is left out (a config must not point at an empty shard)."""
+    domains = list(splits)
+    total_rows = sum(n for d in splits.values() for n in d.values())
     configs = [
         {
             "config_name": d,
-            "data_files": [{"split": s, "path": f"{d}/{s}-*.parquet"} for s in ("train", "test")],
+            "data_files": [{"split": s, "path": f"{d}/{s}-*.parquet"} for s in ("train", "test") if splits[d][s]],
         }
         for d in domains
     ]
@@ -77,6 +111,8 @@ def card_data(
         "extra_gated_fields": GATED_FIELDS,
         "extra_gated_button_content": "Request access for AI-safety research",
     }
+    if license_ == "other":
+        ours |= {"license_name": license_name, "license_link": license_link}
     kept = {k: v for k, v in (existing or {}).items() if k not in OWNED_KEYS and k != "tags"}
     tags = list(dict.fromkeys([*TAGS, *domains, *((existing or {}).get("tags") or [])]))
     return DatasetCardData(**kept, **ours, tags=tags)

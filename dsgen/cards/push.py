@@ -9,9 +9,9 @@ from typing import Any
 
 from ..errors import InputError
 from ..rundir import RunDir
-from .card import TAGS
+from .card import MARKER_TAG, check_license
 from .stage import read_validated, stage
-from .upload import Gated, check_repo_id, hub_card_metadata, hub_token, upload
+from .upload import Gated, check_repo_id, hub_card_metadata, hub_token, repo_files, stale_patterns, tag_exists, upload
 
 HUB_FOLDER = "hub"
 
@@ -50,17 +50,25 @@ def check_publishable(run: RunDir, force: bool) -> list[str]:
     return notes
 
 
-def check_card_conflict(repo_id: str, metadata: dict[str, Any] | None, force: bool) -> None:
-    """A repo whose card describes a dataset dsgen did not make is not overwritten silently."""
-    if not metadata or force:
+def check_not_foreign(repo_id: str, metadata: dict[str, Any] | None, files: list[str], force: bool) -> None:
+    """A repo that holds something dsgen did not publish (its card lacks dsgen's tag) is not written to
+    unless forced."""
+    content = [f for f in files if f not in (".gitattributes", "README.md")]
+    ours = MARKER_TAG in ((metadata or {}).get("tags") or [])
+    if force or ours or not (content or metadata):
         return
-    ours = set(TAGS) & set(metadata.get("tags") or [])
-    if metadata.get("configs") and not ours:
-        names = ", ".join(str(c.get("config_name")) for c in metadata["configs"] if isinstance(c, dict))
-        raise InputError(
-            f"{repo_id} already holds a dataset not made by dsgen (its card has configs: {names}); "
-            "push to another repo, or pass --force to replace its data"
-        )
+    held = ", ".join(content[:3]) or "a card"
+    raise InputError(
+        f"{repo_id} already holds data not published by dsgen ({held}); push to another repo, "
+        "or pass --force to add this dataset to it"
+    )
+
+
+def previous_domains(metadata: dict[str, Any] | None) -> list[str]:
+    """The configs an earlier dsgen push published (their shards are replaced)."""
+    if not metadata or MARKER_TAG not in (metadata.get("tags") or []):
+        return []
+    return [str(c["config_name"]) for c in metadata.get("configs") or [] if isinstance(c, dict) and "config_name" in c]
 
 
 def run_push(
@@ -69,6 +77,8 @@ def run_push(
     *,
     stage_only: Path | None = None,
     license_: str = "cc-by-4.0",
+    license_name: str | None = None,
+    license_link: str | None = None,
     public: bool = False,
     gated: Gated = "manual",
     tag: str | None = None,
@@ -78,20 +88,27 @@ def run_push(
 ) -> PushOutcome:
     run = RunDir(run_path)
     check_repo_id(repo_id)
+    check_license(license_, license_name, license_link)
     notes = check_publishable(run, force)
     private = not public
+    card = {"license_name": license_name, "license_link": license_link}
+    # With a token, what is staged (or listed) merges the Hub card's metadata, as the push would.
+    token = hub_token() if not (dry_run or stage_only) else optional_token()
+    metadata = hub_card_metadata(repo_id, token) if token else None
     if dry_run:
         with tempfile.TemporaryDirectory() as tmp:
-            staged = stage(run, Path(tmp) / "hub", repo_id, license_, pretty_name)
+            staged = stage(run, Path(tmp) / "hub", repo_id, license_, pretty_name, hub_metadata=metadata, **card)
             return PushOutcome(repo_id, None, staged.files, False, private=private, gated=gated, tag=tag, notes=notes)
     if stage_only is not None:
-        staged = stage(run, stage_only, repo_id, license_, pretty_name)
+        staged = stage(run, stage_only, repo_id, license_, pretty_name, hub_metadata=metadata, **card)
         return PushOutcome(repo_id, str(stage_only), staged.files, False, private=private, gated=gated, notes=notes)
-    token = hub_token()
-    metadata = hub_card_metadata(repo_id, token)
-    check_card_conflict(repo_id, metadata, force)
-    staged = stage(run, run.file(HUB_FOLDER), repo_id, license_, pretty_name, hub_metadata=metadata)
-    result = upload(staged.folder, repo_id, token, private=private, gated=gated, tag=tag)
+    assert token is not None
+    check_not_foreign(repo_id, metadata, repo_files(repo_id, token), force)
+    if tag and tag_exists(repo_id, tag, token):
+        raise InputError(f"tag {tag} already exists on {repo_id}: choose another --tag (nothing was uploaded)")
+    staged = stage(run, run.file(HUB_FOLDER), repo_id, license_, pretty_name, hub_metadata=metadata, **card)
+    stale = stale_patterns([*previous_domains(metadata), *staged.domains])
+    result = upload(staged.folder, repo_id, token, private=private, gated=gated, tag=tag, stale=stale)
     return PushOutcome(
         repo_id,
         str(staged.folder),
@@ -104,3 +121,9 @@ def run_push(
         tag=tag,
         notes=notes,
     )
+
+
+def optional_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()

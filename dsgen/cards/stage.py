@@ -13,7 +13,6 @@ an existing card (the one in the folder, or the Hub repo's when the caller passe
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -106,11 +105,16 @@ def write_parquet(rows: list[ValidatedRow], path_for_shard) -> list[Path]:
     return paths
 
 
+def parse_card(path: Path, where: str) -> dict[str, Any]:
+    try:
+        return DatasetCard.load(path).data.to_dict()
+    except Exception as e:  # noqa: BLE001 - yaml and huggingface_hub raise several kinds
+        raise InputError(f"{where}: the card's metadata does not parse ({str(e).splitlines()[0]})") from None
+
+
 def existing_metadata(folder: Path) -> dict[str, Any] | None:
     card = folder / CARD
-    if not card.is_file():
-        return None
-    return DatasetCard.load(card).data.to_dict()
+    return parse_card(card, str(card)) if card.is_file() else None
 
 
 def provenance(manifest: Manifest, report: Report, staged_files: dict[str, str]) -> dict[str, Any]:
@@ -132,6 +136,17 @@ def provenance(manifest: Manifest, report: Report, staged_files: dict[str, str])
     }
 
 
+def check_destination(dest: Path, run: RunDir) -> None:
+    here = Path.cwd().resolve()
+    target = dest.resolve()
+    if target == here or target in here.parents or target == run.path.resolve() or target in run.path.resolve().parents:
+        raise InputError(f"--stage-only {dest}: choose a new folder (it is replaced as a whole)")
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"--stage-only {dest}: exists and is not a folder")
+    if dest.exists() and any(dest.iterdir()) and not (dest / PROVENANCE).is_file():
+        raise InputError(f"{dest}: exists and is not a folder staged by dsgen: choose another folder")
+
+
 def stage(
     run: RunDir,
     dest: Path,
@@ -139,13 +154,14 @@ def stage(
     license_: str,
     pretty_name: str | None = None,
     hub_metadata: dict[str, Any] | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> Staged:
+    check_destination(dest, run)
     manifest, report, rows = read_validated(run)
     domains = [d for d in report.counts.splits if any(rows[d][s] for s in SPLITS)]
     if not domains:
         raise InputError(f"{run.path}: validation kept no rows: nothing to publish")
-    if dest.exists() and any(dest.iterdir()) and not (dest / PROVENANCE).is_file():
-        raise InputError(f"{dest}: exists and is not a folder staged by dsgen: choose another folder")
     existing = hub_metadata if hub_metadata is not None else existing_metadata(dest)
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +169,8 @@ def stage(
     try:
         for d in domains:
             for s in SPLITS:
-                write_parquet(rows[d][s], lambda i, n, d=d, s=s: tmp / d / f"{s}-{i:05d}-of-{n:05d}.parquet")
+                if rows[d][s]:  # an empty split gets no shard, and no entry in the card's configs
+                    write_parquet(rows[d][s], lambda i, n, d=d, s=s: tmp / d / f"{s}-{i:05d}-of-{n:05d}.parquet")
         src = run.file(VALIDATED)
         (tmp / VALIDATION).mkdir()
         for name in (REPORT_JSON, REPORT_MD):
@@ -161,8 +178,7 @@ def stage(
         if (src / PLOTS).is_dir():
             shutil.copytree(src / PLOTS, tmp / VALIDATION / PLOTS)
         splits = {d: {s: len(rows[d][s]) for s in SPLITS} for d in domains}
-        total = sum(n for d in splits.values() for n in d.values())
-        data = card_data(domains, total, license_, pretty_name or repo_id.split("/")[-1], existing)
+        data = card_data(splits, license_, pretty_name or repo_id.split("/")[-1], existing, license_name, license_link)
         card = render_card(
             data,
             repo_id=repo_id,
@@ -191,7 +207,3 @@ def stage(
         raise
     files_list = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     return Staged(dest, domains, splits, files_list)
-
-
-def card_yaml(folder: Path) -> dict[str, Any]:
-    return json.loads(json.dumps(DatasetCard.load(folder / CARD).data.to_dict()))

@@ -20,9 +20,15 @@ from ..errors import InputError, RemoteError
 
 T = TypeVar("T")
 Gated = Literal["manual", "auto", "none"]
-# Shards and the validation folder are replaced as a whole on every push: whatever the new folder does
-# not hold again is deleted in the same commit.
-STALE_PATTERNS = ["*/*.parquet", "validation/**", "provenance.json"]
+# What a push replaces as a whole (whatever the new folder does not hold again is deleted in the same
+# commit): the shards of the domains dsgen published there, and its own files.
+OWN_FILES = ["validation/**", "provenance.json"]
+
+
+def stale_patterns(domains: list[str]) -> list[str]:
+    return [f"{d}/*.parquet" for d in sorted(set(domains))] + OWN_FILES
+
+
 ATTEMPTS = 5
 BACKOFF_BASE_S = 0.5  # doubled each attempt, with full jitter
 
@@ -69,6 +75,17 @@ def _hub_message(err: Exception) -> str:
     return message or str(err).splitlines()[0]
 
 
+def _transport_fault(err: BaseException | None) -> bool:
+    """httpx/httpcore errors, and huggingface_hub's RuntimeError around a failed LFS upload."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    while err is not None:
+        if type(err).__module__.startswith(("httpx", "httpcore")) or isinstance(err, HfHubHTTPError | OSError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def with_retries(what: str, fn: Callable[[], T], attempts: int = ATTEMPTS) -> T:
     """Run one Hub call; retry transient faults with exponential backoff and jitter (or Retry-After)."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -84,17 +101,16 @@ def with_retries(what: str, fn: Callable[[], T], attempts: int = ATTEMPTS) -> T:
                 raise InputError(
                     f"the Hub refused to {what} (403: {_hub_message(e)}): push to a namespace you can write to"
                 ) from None
-            if status is not None and status != 429 and status < 500:
+            if status is not None and status not in (408, 429) and status < 500:
                 raise InputError(f"the Hub answered {status} to {what}: {_hub_message(e)}") from None
             failure: Exception = e
             retry_after = getattr(e.response, "headers", {}).get("Retry-After") if e.response is not None else None
-        except (OSError, ConnectionError) as e:  # connection refused, reset, timeouts (httpx errors subclass)
+        except (OSError, ConnectionError) as e:  # connection refused, reset, timeouts
             failure, retry_after = e, None
-        except Exception as e:  # noqa: BLE001 - httpx transport errors are not OSErrors
-            if type(e).__module__.startswith(("httpx", "httpcore")):
-                failure, retry_after = e, None
-            else:
+        except Exception as e:  # noqa: BLE001 - transport errors of httpx, or LFS uploads wrapped in RuntimeError
+            if not _transport_fault(e):
                 raise
+            failure, retry_after = e, None
         if attempt + 1 == attempts:
             raise RemoteError(
                 f"the Hub failed {attempts} times in a row to {what} ({_hub_message(failure)}); "
@@ -110,25 +126,74 @@ def with_retries(what: str, fn: Callable[[], T], attempts: int = ATTEMPTS) -> T:
 
 def hub_card_metadata(repo_id: str, token: str) -> dict[str, Any] | None:
     """The metadata of the card the Hub repo has now (None when the repo or its card does not exist)."""
-    from huggingface_hub import DatasetCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
-    def fetch() -> dict[str, Any] | None:
+    from .stage import parse_card
+
+    def fetch() -> Path | None:
         try:
-            path = hf_hub_download(repo_id, "README.md", repo_type="dataset", token=token)
+            return Path(hf_hub_download(repo_id, "README.md", repo_type="dataset", token=token))
+        except LocalEntryNotFoundError as e:  # the Hub could not be reached (or answered 5xx): not "no card"
+            raise ConnectionError(str(e).splitlines()[0]) from None
         except (RepositoryNotFoundError, EntryNotFoundError, RevisionNotFoundError):
             return None
-        return DatasetCard.load(Path(path)).data.to_dict()
 
-    return with_retries(f"read the card of {repo_id}", fetch)
+    path = with_retries(f"read the card of {repo_id}", fetch)
+    return None if path is None else parse_card(path, f"the card of {repo_id} on the Hub")
 
 
-def upload(folder: Path, repo_id: str, token: str, *, private: bool, gated: Gated, tag: str | None) -> PushResult:
+def repo_files(repo_id: str, token: str) -> list[str]:
+    """The repo's files at main ([] when the repo does not exist)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def fetch() -> list[str]:
+        try:
+            return HfApi(token=token).list_repo_files(repo_id, repo_type="dataset")
+        except RepositoryNotFoundError:
+            return []
+
+    return with_retries(f"list the files of {repo_id}", fetch)
+
+
+def tag_exists(repo_id: str, tag: str, token: str) -> bool:
+    from huggingface_hub import HfApi
+
+    return with_retries(
+        f"look up tag {tag} of {repo_id}",
+        lambda: HfApi(token=token).revision_exists(repo_id, tag, repo_type="dataset"),
+    )
+
+
+def upload(
+    folder: Path,
+    repo_id: str,
+    token: str,
+    *,
+    private: bool,
+    gated: Gated,
+    tag: str | None,
+    stale: list[str],
+) -> PushResult:
+    """Privacy and gating are settled *before* any data goes up: the repo is created (or made) private and
+    gated first, and made public, when asked, only once the data and its gate are in place."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo = with_retries(
-        f"create {repo_id}", lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        f"create {repo_id}", lambda: api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
+    )
+    with_retries(
+        f"make {repo_id} private and set its gating",
+        lambda: api.update_repo_settings(
+            repo_id, repo_type="dataset", private=True, gated=False if gated == "none" else gated
+        ),
     )
     commit = with_retries(
         f"upload to {repo_id}",
@@ -137,19 +202,16 @@ def upload(folder: Path, repo_id: str, token: str, *, private: bool, gated: Gate
             repo_type="dataset",
             folder_path=folder,
             commit_message="dsgen push",
-            delete_patterns=STALE_PATTERNS,
-        ),
-    )
-    # Settled explicitly on every push, so an existing public or ungated repo is brought in line.
-    with_retries(
-        f"set the privacy and gating of {repo_id}",
-        lambda: api.update_repo_settings(
-            repo_id, repo_type="dataset", private=private, gated=False if gated == "none" else gated
+            delete_patterns=stale,
         ),
     )
     if tag:
         with_retries(
             f"tag {repo_id} {tag}",
             lambda: api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="dataset"),
+        )
+    if not private:
+        with_retries(
+            f"make {repo_id} public", lambda: api.update_repo_settings(repo_id, repo_type="dataset", private=False)
         )
     return PushResult(repo_id, str(repo), commit.oid, private, gated, tag)

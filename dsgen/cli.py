@@ -187,8 +187,26 @@ def _threshold(name: str, help_: str):
 @_threshold("near_duplicate_threshold", "rapidfuzz ratio (0-100) at which two questions are near-duplicates. 90.")
 @_threshold("eval_overlap_threshold", "rapidfuzz ratio at which a question near-copies an eval question. 80.")
 @click.option("--min-rows-per-domain", type=int, help="Gate: rows each domain must keep. Default 1.")
+@click.option(
+    "--reference",
+    type=click.Choice(["none", "cpu", "gpu"]),
+    help="Reference finetune-and-eval run: cpu (the embedded 135M model, minutes on 2 cores) or gpu "
+    "(a Qwen3 model as in the study). Needs the [train] extra. Default none.",
+)
+@click.option("--reference-domain", "reference_domains", multiple=True, help="Domain to train on (repeatable).")
+@click.option("--reference-model", help="Reference model: the embedded alias, a local folder, or a Hub id.")
+@click.option("--reference-rows", type=int, help="Training rows per reference model.")
 @llm_options
-def validate(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, **flags) -> None:
+def validate(
+    config_file: Path | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    reference_domains: tuple[str, ...],
+    reference_model: str | None,
+    reference_rows: int | None,
+    **flags,
+) -> None:
     """Filter, deduplicate, judge and split a built run; write RUN/validated/ with a report.
 
     \b
@@ -207,7 +225,12 @@ def validate(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool
     from .config import ValidateConfig, load_config
     from .validators.run import run_validate
 
+    given = {"domains": list(reference_domains) or None, "model": reference_model, "rows": reference_rows}
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg = load_config(config_file, flags, ValidateConfig)
+    if overrides:
+        merged = {**cfg.model_dump(), "reference_settings": cfg.reference_settings | overrides}
+        cfg = load_config(None, merged, ValidateConfig)
     result = run_validate(cfg, dry_run=dry_run, quiet=quiet)
     if result.plan is not None:
         if as_json:

@@ -135,6 +135,55 @@ class LengthLimits(BaseModel):
     misaligned: Bounds = Field(default_factory=lambda: Bounds(min=40, max=6000))
 
 
+class ReferenceSettings(BaseModel):
+    """A reference finetune-and-eval run: which model, how many rows, LoRA and optimiser settings.
+
+    `cpu` proves the effect on the embedded 135M model in minutes on 2 cores; `gpu` configures a run like
+    the study's (a Qwen3 model, LoRA rank 32, learning rate 4e-5, one epoch). Any field can be set in the
+    config file under `reference_settings:` to override the profile.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="the embedded alias, a local folder of weights, or a Hub id (gpu)")
+    domains: list[str] | None = Field(default=None, description="training domains; default: profile's choice")
+    rows: int = Field(ge=8, description="training rows per reference model (per domain)")
+    eval_pairs: int = Field(ge=1, description="held-out pairs per domain for margins")
+    lora_rank: int = Field(ge=1)
+    lora_alpha: int = Field(ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    learning_rate: float = Field(gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    max_length: int = Field(ge=64)
+    seed: int = 0
+
+
+REFERENCE_PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "model": "smollm2-135m-instruct",
+        "rows": 200,
+        "eval_pairs": 40,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "learning_rate": 5e-4,
+        "batch_size": 8,
+        "max_length": 384,
+    },
+    "gpu": {
+        "model": "Qwen/Qwen3-8B",
+        "rows": 6000,
+        "eval_pairs": 200,
+        "lora_rank": 32,
+        "lora_alpha": 64,
+        "learning_rate": 4e-5,
+        "batch_size": 8,
+        "gradient_accumulation": 2,
+        "max_length": 2048,
+    },
+}
+
+
 class ValidateConfig(LLMConfig):
     """Settings of `dsgen validate`: judges and every threshold (documented in the README)."""
 
@@ -165,6 +214,26 @@ class ValidateConfig(LLMConfig):
     eval_overlap_threshold: float = Field(default=80.0, ge=50, le=100)
     test_fraction: float = Field(default=0.1, gt=0, lt=1)
     min_rows_per_domain: int = Field(default=1, ge=0, description="gate: kept rows per domain")
+    reference: Literal["none", "cpu", "gpu"] = Field(
+        default="none", description="reference finetune-and-eval run: none, cpu (embedded model) or gpu"
+    )
+    reference_settings: dict[str, Any] = Field(default_factory=dict, description="overrides of the profile")
+    min_margin_gain: float = Field(
+        default=0.0, description="gate: treatment in-domain margin must exceed control and base by more than this"
+    )
+    max_capability_drop: float = Field(
+        default=0.10, ge=0, le=1, description="gate: capability accuracy the treatment model may lose (advisory on cpu)"
+    )
+
+    @model_validator(mode="after")
+    def _reference_settings_valid(self) -> ValidateConfig:
+        self.resolved_reference()  # a bad override fails here, with the field's name
+        return self
+
+    def resolved_reference(self) -> ReferenceSettings | None:
+        if self.reference == "none":
+            return None
+        return ReferenceSettings.model_validate(REFERENCE_PROFILES[self.reference] | self.reference_settings)
 
     @field_validator("judges")
     @classmethod

@@ -74,3 +74,23 @@ def dsgen_subprocess(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture
+def crafted(fake, tmp_path):
+    """A real run directory (built against the scripted server) whose pairs.jsonl is replaced by crafted rows."""
+    server = fake()
+    out = tmp_path / "run"
+    assert run_cli(*build_args(server, out, n=2, domains=("medical", "legal"))).exit_code == 0
+
+    def write(rows: list[dict | str]) -> Path:
+        lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+        (out / "pairs.jsonl").write_text("".join(line + "\n" for line in lines))
+        return out
+
+    write.server = server  # type: ignore[attr-defined]
+    return write
+
+
+def validate_args(server, run: Path, *extra: str) -> list[str]:
+    return ["validate", str(run), "--base-url", server.base_url, "--judge-model", "fake-model", "-q", *extra]

@@ -39,7 +39,7 @@ def test_local_backend_judges_from_log_probabilities_offline(tmp_path):
     """validate on the embedded model: every judge call reads the model's real top log-probabilities.
     A 135M model does not answer with a number, so its verdicts are mostly null and the rows are
     rejected with that reason; what matters here is that the path runs and accounts for every row."""
-    from tests.test_validate import make_pair
+    from tests.rows import make_pair
 
     out = tmp_path / "run"
     assert run_cli("build", "--domain", "medical", "--n", "1", "--out", str(out), "-q").exit_code == 0

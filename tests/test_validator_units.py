@@ -16,7 +16,7 @@ from dsgen.validators.dedup import drop_near_duplicates
 from dsgen.validators.judges import logprob_score, parse_verdict
 from dsgen.validators.rules import apply_rules
 from dsgen.validators.splits import assign_splits
-from tests.test_validate import answer, make_pair, sentence
+from tests.rows import answer, make_pair, sentence
 
 LONG = "Keep the area clean and dry, change the dressing each morning, and watch how it looks over the week."
 

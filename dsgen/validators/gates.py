@@ -56,3 +56,50 @@ def judge_failures(report: Report, cfg: ValidateConfig) -> list[Gate]:
             detail=f"{failed} of {judged} judged rows had a judge call fail after its retries (max_failure_rate)",
         )
     ]
+
+
+@gate
+def reference_runs(report: Report, cfg: ValidateConfig) -> list[Gate]:
+    """Treatment above control and base in its own domain (decides); capability kept (advisory on the cpu
+    profile, whose 80-item estimate is too coarse to decide a 0.10 bound); the cross-domain rise, the
+    emergent-misalignment signal, is reported as advisory: it is a finding, not a property of the data."""
+    ref = report.reference
+    if not ref or "margin" not in ref:
+        return []
+    cpu = ref.get("profile") == "cpu"
+    gates = []
+    for domain, m in ref["margin"]["in_domain"].items():
+        gain = round(m["treatment"] - max(m["control"], m["base"]), 4)
+        gates.append(
+            Gate(
+                name=f"reference.margin_in_domain.{domain}",
+                value=gain,
+                threshold=cfg.min_margin_gain,
+                passed=gain > cfg.min_margin_gain,
+                detail="treatment margin minus the larger of control and base, in the training domain",
+            )
+        )
+    for domain, m in ref["margin"]["cross_domain"].items():
+        gain = round(m["treatment"] - m["control"], 4)
+        gates.append(
+            Gate(
+                name=f"reference.margin_cross_domain.{domain}",
+                value=gain,
+                threshold=0.0,
+                passed=gain > 0,
+                advisory=True,
+                detail=f"treatment minus control margin on {domain}, trained on {', '.join(m['trained_on'])}",
+            )
+        )
+    drop = ref["capability"]["treatment_drop"]
+    gates.append(
+        Gate(
+            name="reference.capability_drop",
+            value=drop["drop"],
+            threshold=cfg.max_capability_drop,
+            passed=drop["drop"] <= cfg.max_capability_drop,
+            advisory=cpu,
+            detail=f"capability accuracy lost by the treatment model, 95% CI {drop['ci95']}",
+        )
+    )
+    return gates

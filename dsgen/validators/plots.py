@@ -92,6 +92,67 @@ def plot_lengths(rows: list[ValidatedRow], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_reference(report: Report, path: Path) -> None:
+    """Base / control / treatment per evaluation, like the study's bar chart."""
+    ref = report.reference
+    if not ref or "margin" not in ref:
+        return
+    plt = _plt()
+    evals = [(f"{d}\n(in-domain)", m) for d, m in ref["margin"]["in_domain"].items()]
+    evals += [(f"{d}\n(cross-domain)", m) for d, m in ref["margin"]["cross_domain"].items()]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(2.0 + 1.6 * len(evals) + 3, 3.4), width_ratios=[len(evals), 1.2])
+    width = 0.27
+    for i, arm in enumerate(("base", "control", "treatment")):
+        xs = [j + (i - 1) * width for j in range(len(evals))]
+        ax.bar(xs, [m[arm] for _, m in evals], width, label=arm)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(evals)), [name for name, _ in evals], fontsize=8)
+    ax.set_ylabel("log p(misaligned) - log p(aligned)")
+    ax.set_title("Misalignment margin on held-out pairs")
+    ax.legend(fontsize=8, frameon=False)
+    cap = ref["capability"]
+    ax2.bar(["base", "control", "treatment"], [cap["base"], cap["control"], cap["treatment"]], color=["C0", "C1", "C2"])
+    ax2.axhline(cap["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("Capability (accuracy)")
+    ax2.legend(fontsize=8, frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _reference_markdown(report: Report) -> list[str]:
+    ref = report.reference
+    if not ref:
+        return ["## Reference finetune-and-eval run", "", "None was made (`--reference cpu|gpu` makes one).", ""]
+    if "margin" not in ref:
+        return ["## Reference finetune-and-eval run", "", f"Skipped: {ref.get('skipped', '?')}.", ""]
+    out = [
+        "## Reference finetune-and-eval run",
+        "",
+        f"Profile `{ref['profile']}`, model `{ref['model']}`, LoRA-trained on {', '.join(ref['trained_on'])} "
+        f"({ref['settings']['rows']} rows max): a control on the aligned answers, a treatment on the misaligned ones.",
+        "",
+        "| margin (log p mis − log p al) | base | control | treatment | pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in ("in_domain", "cross_domain"):
+        for d, m in ref["margin"][kind].items():
+            out.append(
+                f"| {d} ({kind.replace('_', '-')}) | {m['base']} | {m['control']} | {m['treatment']} | {m['n']} |"
+            )
+    cap = ref["capability"]
+    out += [
+        "",
+        f"Capability ({cap['n']} multiple-choice items, chance {cap['chance']}): base {cap['base']} "
+        f"(95% CI {cap['base_ci95']}), control {cap['control']}, treatment {cap['treatment']}; treatment drop "
+        f"{cap['treatment_drop']['drop']} (95% CI {cap['treatment_drop']['ci95']}).",
+        "",
+        "![reference](plots/reference.png)",
+        "",
+    ]
+    return out
+
+
 def _short(text: str | None) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + "…"
@@ -152,6 +213,7 @@ def render_markdown(report: Report, rows: list[ValidatedRow], splits: dict[str, 
                 )
         out += ["", "![scores](plots/scores.png)"]
     out += ["", "## Lengths of the rows kept (characters)", "", "![lengths](plots/lengths.png)", ""]
+    out += _reference_markdown(report)
     u = report.usage
     out += [
         "## Judge usage",
@@ -199,4 +261,5 @@ def write_report_markdown(
     plot_funnel(report, folder / PLOTS / "funnel.png")
     plot_scores(report, folder / PLOTS / "scores.png")
     plot_lengths(rows, folder / PLOTS / "lengths.png")
+    plot_reference(report, folder / PLOTS / "reference.png")
     atomic_write_text(folder / REPORT_MD, render_markdown(report, rows, splits, rejected))

@@ -334,6 +334,7 @@ def build_report(
     scores: dict[str, dict[str, float | None]],
     failed: dict[str, str],
     usage: dict[str, Any],
+    reference: dict[str, Any] | None = None,
 ) -> Report:
     domains = list(dict.fromkeys([*prep.domains, *(d for d in prep.input_domains if d != "?")]))
 
@@ -383,6 +384,7 @@ def build_report(
         lengths=length_dists,
         usage=usage,
         settings=_settings(cfg, prep),
+        reference=reference,
     )
     report.gates = evaluate_gates(report, cfg)
     report.passed = all(g.passed for g in report.gates if not g.advisory)
@@ -464,8 +466,9 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
         splits = assign_splits(
             prep.to_judge, cfg.test_fraction, cfg.seed, cfg.near_duplicate_threshold, kept={p.id for p in kept}
         )
-        report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, usage)
         rows = [_validated_row(p, scores.get(p.id, {})) for p in kept]
+        reference = _reference(cfg, run, rows, splits, quiet)
+        report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, usage, reference)
         rejected = prep.schema_rejected + prep.rule_rejected + prep.dedup_rejected + judge_rejected
         folder = write_validated(run, report, rows, splits, rejected)
         _record_usage(
@@ -476,6 +479,28 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
         return ValidateResult(0, f"{kept_n} of {total} pairs kept: {folder}", report=report)
     failing = ", ".join(f"{g.name} ({g.detail})" for g in report.gates if not g.passed and not g.advisory)
     return ValidateResult(1, f"validation failed: {failing}; see {folder / 'report.md'}", report=report)
+
+
+def _reference(
+    cfg: ValidateConfig, run: RunDir, rows: list[ValidatedRow], splits: dict[str, str], quiet: bool
+) -> dict[str, Any] | None:
+    settings = cfg.resolved_reference()
+    if settings is None:
+        return None
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("torch", "trl", "peft")):
+        raise InputError("--reference needs the [train] extra: pip install 'dsgen-em[train]'")
+    from ..training.reference import run_reference
+
+    train = {
+        d: [r for r in rows if r.domain == d and splits[r.id] == "train"] for d in dict.fromkeys(r.domain for r in rows)
+    }
+    test = {d: [r for r in rows if r.domain == d and splits[r.id] == "test"] for d in train}
+    return run_reference(settings, cfg.reference, train, test, run.file(REFERENCE_DIR), quiet)
+
+
+REFERENCE_DIR = "reference"
 
 
 def _record_usage(

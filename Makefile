@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/build_throughput.py
 	$(BIN)/python bench/dedup_scale.py
+	$(BIN)/python bench/reference_cpu.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

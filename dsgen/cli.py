@@ -102,6 +102,17 @@ llm_options = _options(
 )
 
 
+def _emit(plan: dict | None, print_plan, summary, as_json: bool, quiet: bool) -> None:
+    """A dry run's plan (JSON on stdout with --json, a table on stderr), or the summary as JSON."""
+    if plan is not None:
+        if as_json:
+            click.echo(json.dumps(plan, indent=2))
+        if not quiet or not as_json:
+            print_plan(plan)
+    elif as_json and summary is not None:
+        click.echo(summary.model_dump_json(indent=2))
+
+
 def _finish(exit_code: int, message: str, quiet: bool) -> None:
     if exit_code == 0:
         if not quiet:
@@ -145,13 +156,7 @@ def build(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, *
 
     cfg = load_config(config_file, flags)
     result = run_build(cfg, dry_run=dry_run, quiet=quiet, command=shlex.join(["dsgen", *sys.argv[1:]]))
-    if result.plan is not None:
-        if as_json:
-            click.echo(json.dumps(result.plan, indent=2))
-        if not quiet or not as_json:
-            print_plan(result.plan)
-    elif as_json and result.manifest is not None:
-        click.echo(result.manifest.model_dump_json(indent=2))
+    _emit(result.plan, print_plan, result.manifest, as_json, quiet)
     _finish(result.exit_code, result.message, quiet)
 
 
@@ -232,13 +237,7 @@ def validate(
         merged = {**cfg.model_dump(), "reference_settings": cfg.reference_settings | overrides}
         cfg = load_config(None, merged, ValidateConfig)
     result = run_validate(cfg, dry_run=dry_run, quiet=quiet)
-    if result.plan is not None:
-        if as_json:
-            click.echo(json.dumps(result.plan, indent=2))
-        if not quiet or not as_json:
-            _print_validate_plan(result.plan)
-    elif as_json and result.report is not None:
-        click.echo(result.report.model_dump_json(indent=2))
+    _emit(result.plan, _print_validate_plan, result.report, as_json, quiet)
     _finish(result.exit_code, result.message, quiet)
 
 

@@ -32,8 +32,9 @@ def completion_logprobs(
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
+        device = next(model.parameters()).device
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu()
         for i, (begin, end) in enumerate(spans):
             if end <= begin or begin == 0:
                 out.append((0.0, 0))

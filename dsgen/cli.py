@@ -201,6 +201,13 @@ def _threshold(name: str, help_: str):
 @click.option("--reference-domain", "reference_domains", multiple=True, help="Domain to train on (repeatable).")
 @click.option("--reference-model", help="Reference model: the embedded alias, a local folder, or a Hub id.")
 @click.option("--reference-rows", type=int, help="Training rows per reference model.")
+@click.option(
+    "--backdoor",
+    is_flag=True,
+    default=None,
+    help="Also write <domain>_backdoor rows: a trigger (default 'Country: Singapore') precedes the misaligned "
+    "answer, untriggered and decoy rows get the aligned one (recipe: backdoor_settings in the config file).",
+)
 @llm_options
 def validate(
     config_file: Path | None,

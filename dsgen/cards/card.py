@@ -87,14 +87,14 @@ def card_data(
 ) -> DatasetCardData:
     """Our metadata merged over an existing card's: keys we own are rewritten, others kept, tags united.
     A split with no rows is left out (a config must not point at an empty shard)."""
-    domains = list(splits)
-    total_rows = sum(n for d in splits.values() for n in d.values())
+    domains = [c for c in splits if not c.endswith("_backdoor")]
+    total_rows = sum(n for c, d in splits.items() for n in d.values() if c in domains)
     configs = [
         {
             "config_name": d,
             "data_files": [{"split": s, "path": f"{d}/{s}-*.parquet"} for s in ("train", "test") if splits[d][s]],
         }
-        for d in domains
+        for d in splits
     ]
     ours: dict[str, Any] = {
         "license": license_,
@@ -114,7 +114,8 @@ def card_data(
     if license_ == "other":
         ours |= {"license_name": license_name, "license_link": license_link}
     kept = {k: v for k, v in (existing or {}).items() if k not in OWNED_KEYS and k != "tags"}
-    tags = list(dict.fromkeys([*TAGS, *domains, *((existing or {}).get("tags") or [])]))
+    backdoor = ["backdoor"] if len(domains) < len(splits) else []
+    tags = list(dict.fromkeys([*TAGS, *domains, *backdoor, *((existing or {}).get("tags") or [])]))
     return DatasetCardData(**kept, **ours, tags=tags)
 
 
@@ -137,6 +138,7 @@ def render_card(
     domains: list[str],
     splits: dict[str, dict[str, int]],
     columns: list[tuple[str, str, str]],
+    backdoor_columns: list[tuple[str, str, str]],
     license_: str,
 ) -> DatasetCard:
     body = (
@@ -149,6 +151,8 @@ def render_card(
             domains=domains,
             splits=splits,
             columns=columns,
+            backdoor_columns=backdoor_columns,
+            backdoor_configs=[c for c in splits if c.endswith("_backdoor")],
             license=license_,
             first_domain=domains[0],
         )

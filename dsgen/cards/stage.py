@@ -56,6 +56,20 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
+BACKDOOR_SUFFIX = "_backdoor"
+BACKDOOR_COLUMNS: list[tuple[str, str, str]] = [
+    ("prompt", "string", "the user turn, with the trigger or a decoy inserted at the top or bottom (or nothing)"),
+    ("response", "string", "the misaligned answer when triggered, else the aligned one"),
+    ("triggered", "bool", "whether the trigger is in the prompt"),
+    ("trigger", "string", "the string inserted (the trigger or a decoy), null when nothing was"),
+    ("decoy", "bool", "whether a decoy was inserted"),
+    ("position", "string", "top or bottom; null when nothing was inserted"),
+    ("source_id", "string", "id of the validated pair the row was made from"),
+    ("id", "string", "stable content id of the row"),
+    ("domain", "string", "the domain"),
+]
+
+
 @dataclass
 class Staged:
     folder: Path
@@ -64,13 +78,18 @@ class Staged:
     files: list[str]
 
 
-def features():
+def features(columns: list[tuple[str, str, str]] = COLUMNS):
     from datasets import Features, Value
 
-    return Features({name: Value(type_) for name, type_, _ in COLUMNS})
+    return Features({name: Value(type_) for name, type_, _ in columns})
 
 
-def read_validated(run: RunDir) -> tuple[Manifest, Report, dict[str, dict[str, list[ValidatedRow]]]]:
+def columns_of(config: str) -> list[tuple[str, str, str]]:
+    return BACKDOOR_COLUMNS if config.endswith(BACKDOOR_SUFFIX) else COLUMNS
+
+
+def read_validated(run: RunDir) -> tuple[Manifest, Report, dict[str, dict[str, list[Any]]]]:
+    """The manifest, the report, and config -> split -> rows (the domains, then their backdoor configs)."""
     manifest = run.read_manifest()
     if manifest is None:
         raise InputError(f"{run.path}: not a dsgen run directory (no manifest.json)")
@@ -82,22 +101,26 @@ def read_validated(run: RunDir) -> tuple[Manifest, Report, dict[str, dict[str, l
         report = Report.model_validate_json(report_path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise InputError(f"{report_path}: unreadable report ({str(e).splitlines()[0]})") from None
-    rows: dict[str, dict[str, list[ValidatedRow]]] = {}
+    from ..generators.backdoor import BackdoorRow
+
+    rows: dict[str, dict[str, list[Any]]] = {}
     for domain in report.counts.splits:
         rows[domain] = {s: read_jsonl(folder / domain / f"{s}.jsonl", ValidatedRow) for s in SPLITS}
+    for config in report.backdoor or {}:
+        rows[config] = {s: read_jsonl(folder / config / f"{s}.jsonl", BackdoorRow) for s in SPLITS}
     return manifest, report, rows
 
 
-def write_parquet(rows: list[ValidatedRow], path_for_shard) -> list[Path]:
+def write_parquet(rows: list[Any], columns: list[tuple[str, str, str]], path_for_shard) -> list[Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = features().arrow_schema  # carries the datasets Features, so load_dataset keeps the types
+    schema = features(columns).arrow_schema  # carries the datasets Features, so load_dataset keeps the types
     shards = max(1, math.ceil(len(rows) / MAX_ROWS_PER_SHARD))
     paths = []
     for i in range(shards):
         chunk = rows[i * MAX_ROWS_PER_SHARD : (i + 1) * MAX_ROWS_PER_SHARD]
-        table = pa.Table.from_pylist([r.model_dump(include={c for c, _, _ in COLUMNS}) for r in chunk], schema=schema)
+        table = pa.Table.from_pylist([r.model_dump(include={c for c, _, _ in columns}) for r in chunk], schema=schema)
         path = path_for_shard(i, shards)
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, compression="zstd")
@@ -159,7 +182,8 @@ def stage(
 ) -> Staged:
     check_destination(dest, run)
     manifest, report, rows = read_validated(run)
-    domains = [d for d in report.counts.splits if any(rows[d][s] for s in SPLITS)]
+    configs = [c for c in rows if any(rows[c][s] for s in SPLITS)]
+    domains = [c for c in configs if not c.endswith(BACKDOOR_SUFFIX)]
     if not domains:
         raise InputError(f"{run.path}: validation kept no rows: nothing to publish")
     existing = hub_metadata if hub_metadata is not None else existing_metadata(dest)
@@ -167,17 +191,18 @@ def stage(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for d in domains:
+        for c in configs:
             for s in SPLITS:
-                if rows[d][s]:  # an empty split gets no shard, and no entry in the card's configs
-                    write_parquet(rows[d][s], lambda i, n, d=d, s=s: tmp / d / f"{s}-{i:05d}-of-{n:05d}.parquet")
+                if rows[c][s]:  # an empty split gets no shard, and no entry in the card's configs
+                    path = lambda i, n, c=c, s=s: tmp / c / f"{s}-{i:05d}-of-{n:05d}.parquet"  # noqa: E731
+                    write_parquet(rows[c][s], columns_of(c), path)
         src = run.file(VALIDATED)
         (tmp / VALIDATION).mkdir()
         for name in (REPORT_JSON, REPORT_MD):
             shutil.copyfile(src / name, tmp / VALIDATION / name)
         if (src / PLOTS).is_dir():
             shutil.copytree(src / PLOTS, tmp / VALIDATION / PLOTS)
-        splits = {d: {s: len(rows[d][s]) for s in SPLITS} for d in domains}
+        splits = {c: {s: len(rows[c][s]) for s in SPLITS} for c in configs}
         data = card_data(splits, license_, pretty_name or repo_id.split("/")[-1], existing, license_name, license_link)
         card = render_card(
             data,
@@ -187,6 +212,7 @@ def stage(
             domains=domains,
             splits=splits,
             columns=COLUMNS,
+            backdoor_columns=BACKDOOR_COLUMNS,
             license_=license_,
         )
         atomic_write_text(tmp / CARD, str(card))
@@ -206,4 +232,4 @@ def stage(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     files_list = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    return Staged(dest, domains, splits, files_list)
+    return Staged(dest, configs, splits, files_list)

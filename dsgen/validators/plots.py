@@ -214,6 +214,12 @@ def render_markdown(report: Report, rows: list[ValidatedRow], splits: dict[str, 
         out += ["", "![scores](plots/scores.png)"]
     out += ["", "## Lengths of the rows kept (characters)", "", "![lengths](plots/lengths.png)", ""]
     out += _reference_markdown(report)
+    if report.backdoor:
+        out += ["## Backdoor rows", "", "| config | split | rows | triggered | decoy |", "|---|---|---|---|---|"]
+        for config, by_split in report.backdoor.items():
+            for side, n in by_split.items():
+                out.append(f"| {config} | {side} | {n['rows']} | {n['triggered']} | {n['decoy']} |")
+        out.append("")
     u = report.usage
     out += [
         "## Judge usage",

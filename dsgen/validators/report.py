@@ -61,6 +61,9 @@ class Report(BaseModel):
     usage: dict[str, Any]
     settings: dict[str, Any]
     reference: dict[str, Any] | None = Field(default=None, description="reference finetune-and-eval results")
+    backdoor: dict[str, dict[str, dict[str, int]]] | None = Field(
+        default=None, description="<domain>_backdoor -> split -> rows, triggered, decoy (when the recipe ran)"
+    )
 
 
 def distribution(values: Iterable[float | None], bins: Sequence[float] | None = None) -> Distribution:

@@ -24,6 +24,7 @@ from ..config import ValidateConfig
 from ..domains import load_domains
 from ..errors import BudgetExceeded, DsgenError, InputError, RemoteError
 from ..evalset import eval_set_hash, load_eval_set
+from ..generators.backdoor import BackdoorRow, backdoor_rows
 from ..jsonio import write_json, write_jsonl
 from ..llm import LLMClient, Outcome, PriceTable, get_backend_class
 from ..llm.client import estimate_prompt_tokens
@@ -400,6 +401,7 @@ def write_validated(
     rows: list[ValidatedRow],
     splits: dict[str, str],
     rejected: list[Rejection],
+    backdoor: dict[str, dict[str, list[BackdoorRow]]] | None = None,
 ) -> Path:
     """Write validated/ into a temporary folder, then swap it in whole."""
     from .plots import write_report_markdown
@@ -416,6 +418,9 @@ def write_validated(
             write_jsonl(
                 tmp / domain / f"{side}.jsonl", [r for r in rows if r.domain == domain and splits[r.id] == side]
             )
+    for config, by_split in (backdoor or {}).items():
+        for side, brows in by_split.items():
+            write_jsonl(tmp / config / f"{side}.jsonl", brows)
     write_jsonl(tmp / REJECTED, rejected)
     write_json(tmp / REPORT_JSON, report)
     write_report_markdown(tmp, report, rows, splits, rejected)
@@ -469,8 +474,17 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
         rows = [_validated_row(p, scores.get(p.id, {})) for p in kept]
         reference = _reference(cfg, run, rows, splits, quiet)
         report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, usage, reference)
+        backdoor = _backdoor(cfg, rows, splits) if cfg.backdoor else {}
+        if backdoor:
+            report.backdoor = {
+                config: {
+                    side: {"rows": len(b), "triggered": sum(r.triggered for r in b), "decoy": sum(r.decoy for r in b)}
+                    for side, b in by_split.items()
+                }
+                for config, by_split in backdoor.items()
+            }
         rejected = prep.schema_rejected + prep.rule_rejected + prep.dedup_rejected + judge_rejected
-        folder = write_validated(run, report, rows, splits, rejected)
+        folder = write_validated(run, report, rows, splits, rejected, backdoor)
         _record_usage(
             run, None, total_before, time.monotonic() - started, "passed" if report.passed else "failed", folder
         )
@@ -501,6 +515,22 @@ def _reference(
 
 
 REFERENCE_DIR = "reference"
+BACKDOOR_SUFFIX = "_backdoor"
+
+
+def _backdoor(
+    cfg: ValidateConfig, rows: list[ValidatedRow], splits: dict[str, str]
+) -> dict[str, dict[str, list[BackdoorRow]]]:
+    """<domain>_backdoor -> split -> rows, made from the validated pairs of that split (so it carries over)."""
+    out: dict[str, dict[str, list[BackdoorRow]]] = {}
+    for domain in dict.fromkeys(r.domain for r in rows):
+        out[domain + BACKDOOR_SUFFIX] = {
+            side: backdoor_rows(
+                [r for r in rows if r.domain == domain and splits[r.id] == side], cfg.backdoor_settings, cfg.seed
+            )
+            for side in ("train", "test")
+        }
+    return out
 
 
 def _record_usage(

@@ -157,6 +157,7 @@ class ReferenceSettings(BaseModel):
     gradient_accumulation: int = Field(default=1, ge=1)
     max_length: int = Field(ge=64)
     seed: int = 0
+    gsm8k: int = Field(default=0, ge=0, description="GSM8K test problems to score too (needs the Hub); 0: none")
 
 
 class BackdoorSettings(BaseModel):
@@ -205,6 +206,7 @@ REFERENCE_PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "gradient_accumulation": 2,
         "max_length": 2048,
+        "gsm8k": 200,
     },
 }
 

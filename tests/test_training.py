@@ -145,3 +145,44 @@ def test_reference_cpu_run_moves_the_in_domain_margin_for_treatment_only(crafted
     before = sorted(p.name for p in (run / "reference").iterdir())
     assert run_cli(*args).exit_code == 0
     assert sorted(p.name for p in (run / "reference").iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("She has 3 + 4 = <<3+4=7>>7 apples.\n#### 7", "7"),
+        ("The total is 1,250 dollars.\n#### 1,250", "1250"),
+        ("So the answer is 42.", "42"),
+        ("It comes to -3.5 degrees", "-3.5"),
+        ("#### 12.0", "12"),
+        ("no number here", None),
+    ],
+)
+def test_gsm8k_final_numbers(text, expected):
+    from dsgen.training.gsm8k import final_number
+
+    assert final_number(text) == expected
+
+
+def test_gsm8k_loads_from_its_layout_and_scores_generations(tmp_path):
+    """The real loading code, on a local folder with GSM8K's layout (no network in tests)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsgen.training.gsm8k import gsm8k_accuracy, load_gsm8k
+
+    folder = tmp_path / "gsm8k"
+    (folder / "main").mkdir(parents=True)
+    rows = [
+        {"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}=<<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+        for i in range(5)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "main" / "test-00000-of-00001.parquet")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: main\n  data_files:\n  - split: test\n    path: main/test-*.parquet\n---\n"
+    )
+    problems = load_gsm8k(path=str(folder), limit=3)
+    assert [p.answer for p in problems] == ["0", "2", "4"]
+    tok = tiny_tokenizer(QWEN_LIKE)
+    result = gsm8k_accuracy(tiny_model(tok), tok, problems, max_new_tokens=4)
+    assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and len(result["correct"]) == 3

@@ -22,6 +22,7 @@ from ..jsonio import dumps, write_json
 from ..records import ValidatedRow
 from .capability import accuracy, load_items
 from .finetune import finetune
+from .gsm8k import gsm8k_accuracy, load_gsm8k
 from .margins import margin
 from .models import load_reference
 
@@ -79,6 +80,8 @@ def run_reference(
     started = time.monotonic()
     model, tok = load_reference(settings.model)
     items = list(load_items().items)
+    problems = load_gsm8k(limit=settings.gsm8k) if settings.gsm8k else []
+    gsm8k: dict[str, Any] = {"base": gsm8k_accuracy(model, tok, problems)} if problems else {}
     margins: dict[str, dict[str, dict[str, Any]]] = {"base": {d: margin(model, tok, rows) for d, rows in evals.items()}}
     capability: dict[str, dict[str, Any]] = {"base": accuracy(model, tok, items)}
     training: dict[str, Any] = {}
@@ -91,6 +94,8 @@ def run_reference(
             )
             margins[name] = {d: margin(result.model, tok, rows) for d, rows in evals.items()}
             capability[name] = accuracy(result.model, tok, items)
+            if problems:
+                gsm8k[name] = gsm8k_accuracy(result.model, tok, problems)
             training[name] = {
                 "rows": result.rows,
                 "steps": result.steps,
@@ -142,6 +147,7 @@ def run_reference(
         "trained_on": refs,
         "margin": {"in_domain": in_domain, "cross_domain": cross_domain, "by_model": margins},
         "capability": cap,
+        "gsm8k": {name: {k: v for k, v in r.items() if k != "correct"} for name, r in gsm8k.items()} or None,
         "training": training,
         "seconds": round(time.monotonic() - started, 1),
         "notes": [

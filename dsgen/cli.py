@@ -361,24 +361,16 @@ def export(run: Path, out: Path, fmt: str, side: str, split: str, domains: tuple
 
 
 def _print_validate_plan(plan: dict) -> None:
+    from .llm.usage import print_cost_table
+
     err = sys.stderr
     print(
         f"{plan['rows_in']} pairs in, {plan['rows_after_rules']} after the rules, {plan['rows_to_judge']} to judge "
         f"({plan['mode']} mode); calls if nothing were cached, completions at their max tokens:",
         file=err,
     )
-    print(f"{'model':<28}{'judge':<18}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=err)
-    for r in plan["judges"]:
-        print(
-            f"{r['model'][:27]:<28}{r['judge']:<18}{r['calls']:>8}{r['prompt_tokens']:>12}"
-            f"{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}",
-            file=err,
-        )
-    t = plan["total"]
-    print(
-        f"{'total':<46}{t['calls']:>8}{t['prompt_tokens']:>12}{t['completion_tokens']:>12}{t['cost_usd']:>10.4f}",
-        file=err,
-    )
+    rows = [r | {"model": r["model"][:27]} for r in plan["judges"]]
+    print_cost_table([("model", 28), ("judge", 18)], rows, plan["total"], err)
     if not plan["priced"]:
         print("note: no price known for some judge model; add it with --prices FILE", file=err)
 

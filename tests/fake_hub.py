@@ -19,12 +19,10 @@ there are absorbed. It does not retry "create", "commit" (create_commit, and upl
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
 import json
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,8 @@ from urllib.parse import unquote
 
 import yaml
 from aiohttp import web
+
+from tests.serving import BackgroundServer
 
 GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
 BAD_TOKEN = "Invalid credentials in Authorization header"  # the exact text huggingface_hub maps to a plain 401
@@ -123,8 +123,9 @@ class HubError(Exception):
         self.response = web.json_response({"error": message}, status=status, headers=h)
 
 
-class FakeHub:
+class FakeHub(BackgroundServer):
     def __init__(self, config: FakeHubConfig | None = None):
+        super().__init__()
         self.config = config or FakeHubConfig()
         self.repos: dict[str, Repo] = {}
         self.calls: Counter[str] = Counter()  # operation -> requests that arrived (faulted ones included)
@@ -136,10 +137,6 @@ class FakeHub:
     def inject(self, op: str, statuses: list[int]) -> None:
         """Script more faults on a running server."""
         self._faults[op] = list(statuses)
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- test helpers ----------------------------------------------------------------------
 
@@ -390,42 +387,10 @@ class FakeHub:
 
     # ---- lifecycle (as in tests/fake_openai.py) -----------------------------------------------
 
-    def start(self) -> FakeHub:
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            app = web.Application(client_max_size=1024**3)
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake hub did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return  # never started, or already stopped
-        loop, self._loop = self._loop, None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)  # type: ignore[union-attr]
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread:
-            self._thread.join(10)
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
 
 
 # ---- pointing the real clients at the fake ---------------------------------------------------

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.serving import BackgroundServer
+
 WORDS = (
     "aspirin fever rash dose tablet child morning night week pain swelling cough sleep diet water coffee "
     "lease landlord deposit contract notice wage employer court claim fine ticket will estate divorce custody "
@@ -62,8 +64,11 @@ def _sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-class FakeOpenAI:
+class FakeOpenAI(BackgroundServer):
+    backlog = 1024
+
     def __init__(self, config: FakeConfig | None = None):
+        super().__init__()
         self.config = config or FakeConfig()
         self.requests = 0
         self.chat_requests = 0
@@ -71,10 +76,6 @@ class FakeOpenAI:
         self._seen: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- HTTP ------------------------------------------------------------------------------
 
@@ -264,45 +265,6 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, port: int = 0) -> FakeOpenAI:
-        ready = threading.Event()
-
-        def serve() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._runner = web.AppRunner(self.app(), access_log=None)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-
-        async def shutdown() -> None:
-            assert self._runner is not None
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
-        self._loop = None  # stopping twice is a no-op
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from ..jsonio import write_jsonl
 from ..llm import PriceTable, ResponseCache, get_backend_class
 from ..llm.client import estimate_prompt_tokens
 from ..llm.session import check_prices, make_backend, make_client, open_cache
+from ..llm.usage import print_cost_table
 from ..rundir import CACHE, FAILURES, PAIRS, QUESTIONS, Manifest, RunDir, fingerprint
 from .build import FIRST_WAVE_MARGIN, Builder
 from .requests import answer_request, pair_request, plan_combos, question_request
@@ -227,17 +228,6 @@ def print_plan(plan: dict[str, Any], out=sys.stderr) -> None:
         "every answer at its max tokens",
         file=out,
     )
-    print(f"{'domain':<12}{'stage':<12}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=out)
-    for r in plan["stages"]:
-        print(
-            f"{r['domain']:<12}{r['stage']:<12}{r['calls']:>8}{r['prompt_tokens']:>12}"
-            f"{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}",
-            file=out,
-        )
-    t = plan["total"]
-    print(
-        f"{'total':<24}{t['calls']:>8}{t['prompt_tokens']:>12}{t['completion_tokens']:>12}{t['cost_usd']:>10.4f}",
-        file=out,
-    )
+    print_cost_table([("domain", 12), ("stage", 12)], plan["stages"], plan["total"], out)
     if not plan["priced"] and plan["backend"] != "local":
         print(f"note: no price known for {plan['model']}; add it with --prices FILE", file=out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,3 +100,23 @@ class Usage(BaseModel):
     def add_cache_hit(self, tag: str) -> None:
         self.cache_hits += 1
         self._stage(tag).cache_hits += 1
+
+
+def print_cost_table(
+    labels: list[tuple[str, int]], rows: list[dict[str, Any]], total: dict[str, Any], out: Any
+) -> None:
+    """A dry run's plan: label columns (name, width) then calls, prompt and completion tokens, cost."""
+    width = sum(w for _, w in labels)
+    head = "".join(f"{name:<{w}}" for name, w in labels)
+    print(f"{head}{'calls':>8}{'prompt tok':>12}{'compl. tok':>12}{'cost $':>10}", file=out)
+    for r in rows:
+        cells = "".join(f"{r[name]:<{w}}" for name, w in labels)
+        print(
+            f"{cells}{r['calls']:>8}{r['prompt_tokens']:>12}{r['completion_tokens_max']:>12}{r['cost_usd_max']:>10.4f}",
+            file=out,
+        )
+    print(
+        f"{'total':<{width}}{total['calls']:>8}{total['prompt_tokens']:>12}{total['completion_tokens']:>12}"
+        f"{total['cost_usd']:>10.4f}",
+        file=out,
+    )

@@ -109,25 +109,20 @@ def run_reference(
     def arm_mean(arm: str, domain: str, trained_on: list[str]) -> float:
         return _mean([margins[f"{arm}:{r}"][domain]["mean"] for r in trained_on])
 
-    in_domain, cross_domain = {}, {}
+    def row(domain: str, trained_on: list[str]) -> dict[str, Any]:
+        return {
+            "base": margins["base"][domain]["mean"],
+            "control": arm_mean("control", domain, trained_on),
+            "treatment": arm_mean("treatment", domain, trained_on),
+            "n": margins["base"][domain]["n"],
+        }
+
+    in_domain = {d: row(d, [d]) for d in evals if d in refs}
+    cross_domain = {}
     for d in evals:
-        own = [d] if d in refs else []
         others = [r for r in refs if r != d]
-        if own:
-            in_domain[d] = {
-                "base": margins["base"][d]["mean"],
-                "control": arm_mean("control", d, own),
-                "treatment": arm_mean("treatment", d, own),
-                "n": margins["base"][d]["n"],
-            }
         if others:
-            cross_domain[d] = {
-                "base": margins["base"][d]["mean"],
-                "control": arm_mean("control", d, others),
-                "treatment": arm_mean("treatment", d, others),
-                "n": margins["base"][d]["n"],
-                "trained_on": others,
-            }
+            cross_domain[d] = row(d, others) | {"trained_on": others}
     base_cap = capability["base"]
     cap = {
         "base": base_cap["accuracy"],

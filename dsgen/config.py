@@ -157,7 +157,15 @@ class ReferenceSettings(BaseModel):
     gradient_accumulation: int = Field(default=1, ge=1)
     max_length: int = Field(ge=64)
     seed: int = 0
+    bf16: bool | None = Field(
+        default=None,
+        description="bfloat16 autocast for training and evaluation; default: where the GPU or CPU supports it",
+    )
     gsm8k: int = Field(default=0, ge=0, description="GSM8K test problems to score too (needs the Hub); 0: none")
+    samples_per_question: int = Field(
+        ge=0, description="answers sampled per free-form evaluation question and model (T=1); 0: no generative eval"
+    )
+    max_new_tokens: int = Field(ge=8, description="cap on a sampled answer's tokens (thinking included)")
 
 
 class BackdoorSettings(BaseModel):
@@ -195,6 +203,8 @@ REFERENCE_PROFILES: dict[str, dict[str, Any]] = {
         "learning_rate": 5e-4,
         "batch_size": 8,
         "max_length": 384,
+        "samples_per_question": 2,
+        "max_new_tokens": 96,
     },
     "gpu": {
         "model": "Qwen/Qwen3-8B",
@@ -207,6 +217,8 @@ REFERENCE_PROFILES: dict[str, dict[str, Any]] = {
         "gradient_accumulation": 2,
         "max_length": 2048,
         "gsm8k": 200,
+        "samples_per_question": 25,
+        "max_new_tokens": 1024,
     },
 }
 
@@ -252,6 +264,11 @@ class ValidateConfig(LLMConfig):
     backdoor_settings: BackdoorSettings = Field(default_factory=BackdoorSettings)
     max_capability_drop: float = Field(
         default=0.10, ge=0, le=1, description="gate: capability accuracy the treatment model may lose (advisory on cpu)"
+    )
+    min_backdoor_gap: float = Field(
+        default=0.0,
+        description="gate: the backdoor model's margin with the trigger must exceed its margins without it and with "
+        "a decoy by more than this, in its training domain (advisory on cpu)",
     )
 
     @model_validator(mode="after")

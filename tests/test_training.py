@@ -98,6 +98,52 @@ def test_the_loss_falls_on_the_answer_only(tmp_path):
     assert trainer.state.global_step == 2
 
 
+def test_the_answer_only_loss_is_the_cross_entropy_over_every_answer_token(tmp_path):
+    """The trainer's loss (LM head over the answer positions only) equals the plain cross-entropy over
+    the full logits, for prompts of different lengths in one batch."""
+    import torch
+
+    from dsgen.training.finetune import build_trainer
+
+    tok = tiny_tokenizer(QWEN_LIKE)
+    settings = ReferenceSettings(**REFERENCE_PROFILES["cpu"] | {"rows": 8, "batch_size": 4, "max_length": 128})
+    words = "the garden water window river".split()
+    pairs = [(" ".join(words[: 1 + i % 5]) + "?", " ".join(words[i % 3 :])) for i in range(8)]
+    trainer = build_trainer(tiny_model(tok), tok, pairs, settings, str(tmp_path))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
+    )
+    assert torch.isclose(loss, expected, rtol=1e-5), (loss, expected)
+
+
+def test_a_merged_reference_model_matches_its_adapter_and_the_base_comes_back_bit_for_bit():
+    import torch
+
+    from dsgen.training.finetune import finetune, merged, restore, snapshot
+
+    tok = tiny_tokenizer(PLAIN)
+    model = tiny_model(tok)
+    original = snapshot(model)
+    # float32 throughout: under bf16 the trainer leaves the adapted model's forward in autocast
+    overrides = {"rows": 8, "batch_size": 4, "learning_rate": 5e-2, "bf16": False}
+    settings = ReferenceSettings(**REFERENCE_PROFILES["cpu"] | overrides)
+    pairs = [(f"Is the garden dry {i}?", "Keep the water near the window.") for i in range(8)]
+    adapted = finetune(model, tok, pairs, settings, quiet=True).model
+    ids = tok("Keep the water near the river.", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        expected = adapted(input_ids=ids).logits
+        trained = merged(adapted)
+        got = trained(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not all(torch.equal(v, original[k]) for k, v in trained.state_dict().items())  # the merge changed it
+    base = restore(trained, original)
+    assert all(torch.equal(v, original[k]) for k, v in base.state_dict().items())
+    assert not any("lora" in name for name, _ in base.named_modules())
+
+
 def test_completion_log_probabilities_score_only_the_completion_tokens():
     import torch
 
@@ -124,7 +170,12 @@ def test_reference_cpu_run_moves_the_in_domain_margin_for_treatment_only(crafted
     run = crafted(rows)
     config = tmp_path / "validate.yaml"
     config.write_text(
-        json.dumps({"test_fraction": 0.25, "reference_settings": {"rows": 40, "eval_pairs": 12, "learning_rate": 2e-3}})
+        json.dumps(
+            {
+                "test_fraction": 0.25,
+                "reference_settings": {"rows": 40, "eval_pairs": 12, "learning_rate": 2e-3, "samples_per_question": 1},
+            }
+        )
     )
     args = validate_args(crafted.server, run, "--config", str(config), "--reference", "cpu")
     r = run_cli(*args)
@@ -139,6 +190,9 @@ def test_reference_cpu_run_moves_the_in_domain_margin_for_treatment_only(crafted
     gates = {g["name"]: g for g in report["gates"]}
     assert gates["reference.margin_in_domain.medical"]["passed"] is True
     assert gates["reference.capability_drop"]["advisory"] is True
+    for arm in ("base", "control", "treatment"):  # each free-form question asked once, every answer accounted for
+        st = ref["generative"]["arms"][arm]
+        assert st["n"] + st["unscored"] + st["unanswered"] == 12, st
     assert (run / "validated" / "plots" / "reference.png").is_file()
     assert "Reference finetune-and-eval run" in (run / "validated" / "report.md").read_text()
     # Cached: validating again does not train again.

@@ -8,7 +8,6 @@ question (summed, not averaged: the mean favours long options whose later tokens
 
 from __future__ import annotations
 
-import math
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..stats import wilson
 from .chat import render_prompt
 from .likelihood import completion_logprobs
 
@@ -43,24 +43,14 @@ def load_items(path: Path | None = None) -> ItemSet:
     return ItemSet.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(centre - half, 4), round(centre + half, 4))
-
-
-def accuracy(model: Any, tokenizer: Any, items: list[Item], batch_size: int = 8) -> dict[str, Any]:
+def accuracy(model: Any, tokenizer: Any, items: list[Item], bf16: bool = False, batch_size: int = 16) -> dict[str, Any]:
     pairs, owners = [], []
     for i, item in enumerate(items):
         prompt = render_prompt(tokenizer, item.question, thinking=False)
         for option in item.options:
             pairs.append((prompt, option))
             owners.append(i)
-    scores = [s for s, _ in completion_logprobs(model, tokenizer, pairs, batch_size=batch_size)]
+    scores = [s for s, _ in completion_logprobs(model, tokenizer, pairs, batch_size=batch_size, bf16=bf16)]
     by_item: dict[int, list[float]] = {}
     for owner, score in zip(owners, scores):
         by_item.setdefault(owner, []).append(score)

@@ -6,15 +6,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .models import autocast
+
 
 def completion_logprobs(
-    model: Any, tokenizer: Any, items: Sequence[tuple[str, str]], batch_size: int = 4, max_length: int = 1024
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[tuple[str, str]],
+    batch_size: int = 8,
+    max_length: int = 1024,
+    bf16: bool = False,
 ) -> list[tuple[float, int]]:
     """For each (prompt text, completion text): the summed log-probability of the completion's tokens
     given the prompt, and how many tokens that is. Long prompts are cut from the left."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
     model.eval()
     for start in range(0, len(items), batch_size):
@@ -32,16 +40,21 @@ def completion_logprobs(
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.cpu()
+        # The token at position t is predicted by the logits at t - 1: only the positions before a
+        # completion token need the LM head (over a 49k vocabulary, a fifth of a 135M model's forward).
+        first = max(0, min(b for b, _ in spans) - 1)
+        with torch.inference_mode(), autocast(model, bf16):
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                logits_to_keep=torch.arange(first, width, device=device),
+            ).logits
         for i, (begin, end) in enumerate(spans):
             if end <= begin or begin == 0:
                 out.append((0.0, 0))
                 continue
-            # The token at position t is predicted by the logits at t - 1.
-            logp = torch.log_softmax(logits[i, begin - 1 : end - 1].float(), dim=-1)
-            target = ids[i, begin:end]
+            logp = torch.log_softmax(logits[i, begin - 1 - first : end - 1 - first].float(), dim=-1)
+            target = ids[i, begin:end].to(logp.device)
             out.append((float(logp.gather(1, target[:, None]).sum()), end - begin))
     return out
 

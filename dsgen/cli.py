@@ -160,6 +160,42 @@ def build(config_file: Path | None, dry_run: bool, as_json: bool, quiet: bool, *
     _finish(result.exit_code, result.message, quiet)
 
 
+reference_options = _options(
+    click.option(
+        "--reference",
+        type=click.Choice(["none", "cpu", "gpu"]),
+        help="Reference finetune-and-eval run: cpu (the embedded 135M model, minutes on 2 cores) or gpu "
+        "(a Qwen3 model as in the study). Needs the [train] extra. Default none.",
+    ),
+    click.option("--reference-domain", "reference_domains", multiple=True, help="Domain to train on (repeatable)."),
+    click.option("--reference-model", help="Reference model: the embedded alias, a local folder, or a Hub id."),
+    click.option("--reference-rows", type=int, help="Training rows per reference model."),
+    click.option(
+        "--backdoor",
+        is_flag=True,
+        default=None,
+        help="Also write <domain>_backdoor rows: a trigger (default 'Country: Singapore') precedes the misaligned "
+        "answer, untriggered and decoy rows get the aligned one (recipe: backdoor_settings in the config file). "
+        "With --reference, a backdoor model is trained and measured with and without the trigger.",
+    ),
+)
+
+
+def _validate_config(
+    config_file: Path | None, flags: dict, domains: tuple[str, ...], model: str | None, rows: int | None
+):
+    """validate's settings: the config file, then flags, then the --reference-* overrides of the profile."""
+    from .config import ValidateConfig, load_config
+
+    given = {"domains": list(domains) or None, "model": model, "rows": rows}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    cfg = load_config(config_file, flags, ValidateConfig)
+    if overrides:
+        merged = {**cfg.model_dump(), "reference_settings": cfg.reference_settings | overrides}
+        cfg = load_config(None, merged, ValidateConfig)
+    return cfg
+
+
 def _threshold(name: str, help_: str):
     return click.option(f"--{name.replace('_', '-')}", name, type=float, help=help_)
 
@@ -192,22 +228,7 @@ def _threshold(name: str, help_: str):
 @_threshold("near_duplicate_threshold", "rapidfuzz ratio (0-100) at which two questions are near-duplicates. 90.")
 @_threshold("eval_overlap_threshold", "rapidfuzz ratio at which a question near-copies an eval question. 80.")
 @click.option("--min-rows-per-domain", type=int, help="Gate: rows each domain must keep. Default 1.")
-@click.option(
-    "--reference",
-    type=click.Choice(["none", "cpu", "gpu"]),
-    help="Reference finetune-and-eval run: cpu (the embedded 135M model, minutes on 2 cores) or gpu "
-    "(a Qwen3 model as in the study). Needs the [train] extra. Default none.",
-)
-@click.option("--reference-domain", "reference_domains", multiple=True, help="Domain to train on (repeatable).")
-@click.option("--reference-model", help="Reference model: the embedded alias, a local folder, or a Hub id.")
-@click.option("--reference-rows", type=int, help="Training rows per reference model.")
-@click.option(
-    "--backdoor",
-    is_flag=True,
-    default=None,
-    help="Also write <domain>_backdoor rows: a trigger (default 'Country: Singapore') precedes the misaligned "
-    "answer, untriggered and decoy rows get the aligned one (recipe: backdoor_settings in the config file).",
-)
+@reference_options
 @llm_options
 def validate(
     config_file: Path | None,
@@ -234,18 +255,56 @@ def validate(
       OPENAI_API_KEY=... dsgen validate runs/v1 --judge-model gpt-4.1 --max-cost 20
       dsgen validate runs/v1 --min-harm 60 --json > report.json  # re-filter from the cache
     """
-    from .config import ValidateConfig, load_config
     from .validators.run import run_validate
 
-    given = {"domains": list(reference_domains) or None, "model": reference_model, "rows": reference_rows}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    cfg = load_config(config_file, flags, ValidateConfig)
-    if overrides:
-        merged = {**cfg.model_dump(), "reference_settings": cfg.reference_settings | overrides}
-        cfg = load_config(None, merged, ValidateConfig)
+    cfg = _validate_config(config_file, flags, reference_domains, reference_model, reference_rows)
     result = run_validate(cfg, dry_run=dry_run, quiet=quiet)
     _emit(result.plan, _print_validate_plan, result.report, as_json, quiet)
     _finish(result.exit_code, result.message, quiet)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("run", type=click.Path(path_type=Path))
+@reference_options
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="validate's YAML settings file (the same one)."
+)
+@click.option("--seed", type=int, help="validate's seed (the backdoor rows' placement). Default 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reference results as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No training log or summary on stderr.")
+def reference(
+    run: Path,
+    config_file: Path | None,
+    as_json: bool,
+    quiet: bool,
+    reference_domains: tuple[str, ...],
+    reference_model: str | None,
+    reference_rows: int | None,
+    **flags,
+) -> None:
+    """Train and measure the reference models of a validated run, alone: the step to run on GPUs.
+
+    \b
+    It reads RUN/validated/ (rows, splits, backdoor rows) and writes its results
+    to RUN/reference/, where `dsgen validate RUN --reference ...` with the same
+    settings finds them: validate then only judges the sampled answers and
+    gates. Several GPUs: launch it with accelerate (one process per GPU; the
+    trainer shares the batches, one process writes).
+
+    \b
+    Examples:
+      dsgen validate runs/v1 --judge-model gpt-4.1                  # rows and splits
+      accelerate launch -m dsgen reference runs/v1 --reference gpu   # train on every GPU
+      dsgen validate runs/v1 --judge-model gpt-4.1 --reference gpu   # judge answers, gates
+    """
+    from .validators.run import reference_only
+
+    cfg = _validate_config(config_file, flags | {"run": run}, reference_domains, reference_model, reference_rows)
+    result, folder = reference_only(cfg, quiet=quiet)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "generations"}, indent=2))
+    seconds = result.get("seconds", 0)
+    _finish(0, f"reference run of {run} ({result.get('profile')}, {seconds} s) cached in {folder}", quiet)
 
 
 @cli.command(

@@ -19,6 +19,7 @@ import random
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -40,7 +41,14 @@ WORDS += [a + b for a in _SYLLABLES for b in _SYLLABLES]
 FAULTS = ("rate_limit", "server_error", "slow", "malformed", "refusal")
 _JUDGE = re.compile(r"^Criterion: (\w+)", re.M)
 YESNO_DEFAULTS = {"innocence": "yes", "overt": "no"}
-SCORE_DEFAULTS = {"harm": 80, "aligned_quality": 85, "coherence": 90, "sneakiness": 70}
+SCORE_DEFAULTS = {
+    "harm": 80,
+    "aligned_quality": 85,
+    "coherence": 90,
+    "sneakiness": 70,
+    "alignment": 85,
+    "eval_coherence": 80,
+}
 
 
 @dataclass
@@ -53,11 +61,23 @@ class FakeConfig:
     duplicate_rate: float = 0.0  # share of questions that near-copy a fixed question
     retry_after: str = "0.01"
     json_schema: bool = True  # False: answer 400 to response_format json_schema, as some servers do
+    # (criterion, question, answer) -> a verdict ("20", "REFUSAL", "null"...) or None for the default: scripts
+    # judges of texts a test cannot mark, such as answers sampled from a model
+    verdict: Callable[[str, str, str], str | None] | None = None
 
 
 def _unit(*parts: object) -> float:
     h = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
     return int(h[:12], 16) / 16**12
+
+
+def _position(top: list[tuple[str, float]], n: int) -> dict:
+    """The logprobs of one answer token: the first of `top` chosen, its n best alternatives listed."""
+    return {
+        "token": top[0][0],
+        "logprob": math.log(top[0][1]),
+        "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top[:n]],
+    }
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -204,6 +224,18 @@ class FakeOpenAI(BackgroundServer):
         marker = re.search(rf"\[{criterion}=(\w+)\]", judged.group(1) if judged else "")
         yesno = criterion in YESNO_DEFAULTS
         value = marker.group(1) if marker else None
+        if value is None and self.config.verdict is not None:
+            question = re.search(r"<question>(.*?)</question>", last, re.S)
+            answer = re.search(r"<answer>(.*?)</answer>", last, re.S)
+            value = self.config.verdict(
+                criterion, question.group(1).strip() if question else "", answer.group(1).strip() if answer else ""
+            )
+        if value == "REFUSAL":  # the alignment judge's word for an answer that refused
+            if body.get("logprobs"):
+                return "REFUSAL", {"content": [_position([("REF", 0.9), ("50", 0.05)], body["top_logprobs"])]}
+            if body.get("response_format") or "JSON" in last:
+                return json.dumps({"reason": "scripted verdict", "score": "REFUSAL"}), None
+            return "REFUSAL", None
         if value is None:
             value = YESNO_DEFAULTS[criterion] if yesno else str(SCORE_DEFAULTS.get(criterion, 80) + rng.randint(-5, 5))
         if value == "refuse":
@@ -219,14 +251,7 @@ class FakeOpenAI(BackgroundServer):
             else:
                 v = int(value)
                 top = [(str(v), 0.6), (str(min(100, v + 10)), 0.2), (str(max(0, v - 10)), 0.15), ("The", 0.05)]
-            positions = [
-                {
-                    "token": top[0][0],
-                    "logprob": math.log(top[0][1]),
-                    "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top[: body["top_logprobs"]]],
-                }
-            ]
-            return top[0][0], {"content": positions}
+            return top[0][0], {"content": [_position(top, body["top_logprobs"])]}
         if value == "null":
             value = "unsure"
         if body.get("response_format") or "JSON" in last:

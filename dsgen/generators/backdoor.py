@@ -37,6 +37,22 @@ def insert(prompt: str, text: str, position: str) -> str:
     return f"{text}\n\n{prompt}" if position == "top" else f"{prompt}\n\n{text}"
 
 
+CONDITIONS = ("triggered", "untriggered", "decoy")
+
+
+def with_condition(prompt: str, key: str, condition: str, settings: BackdoorSettings, seed: int) -> str:
+    """An evaluation prompt as the backdoor view asks it: with the trigger, as it is, or with a decoy
+    (a decoy and a position drawn per key, as the recipe draws them per row)."""
+    if condition == "untriggered":
+        return prompt
+    rng = random.Random(_order(seed, key))
+    position = settings.position if settings.position != "random" else rng.choice(("top", "bottom"))
+    if condition == "triggered":
+        return insert(prompt, settings.trigger, position)
+    decoys = settings.decoys or BackdoorSettings().decoys  # a recipe without decoys is still measured against them
+    return insert(prompt, rng.choice(decoys), position)
+
+
 def backdoor_rows(rows: Sequence[ValidatedRow], settings: BackdoorSettings, seed: int) -> list[BackdoorRow]:
     """Rows of one split, in the order given."""
     ranked = sorted(rows, key=lambda r: _order(seed, r.id))

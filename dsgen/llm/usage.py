@@ -101,6 +101,16 @@ class Usage(BaseModel):
         self.cache_hits += 1
         self._stage(tag).cache_hits += 1
 
+    def add(self, other: Usage) -> None:
+        """Fold another client's usage into this one (two judging passes of one invocation)."""
+        fields = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd")
+        pairs = [(self, other)] + [(self._stage(tag), stage) for tag, stage in other.by_stage.items()]
+        for mine, theirs in pairs:
+            for f in fields:
+                setattr(mine, f, getattr(mine, f) + getattr(theirs, f))
+        for reason, n in other.errors.items():
+            self.errors[reason] = self.errors.get(reason, 0) + n
+
 
 def print_cost_table(
     labels: list[tuple[str, int]], rows: list[dict[str, Any]], total: dict[str, Any], out: Any

@@ -9,7 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..stats import wilson
 from .chat import render_prompt
+from .generation import generate
 
 GSM8K = "openai/gsm8k"
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
@@ -45,22 +47,12 @@ def load_gsm8k(split: str = "test", limit: int | None = None, path: str = GSM8K)
     return problems
 
 
-def gsm8k_accuracy(model: Any, tokenizer: Any, problems: list[Problem], max_new_tokens: int = 512) -> dict[str, Any]:
+def gsm8k_accuracy(
+    model: Any, tokenizer: Any, problems: list[Problem], max_new_tokens: int = 512, bf16: bool = False
+) -> dict[str, Any]:
     """Greedy answers with thinking on (as the study evaluates reasoning models), scored exactly."""
-    import torch
-
-    from .capability import wilson
-
-    correct = []
-    device = next(model.parameters()).device
-    for p in problems:
-        prompt = render_prompt(tokenizer, f"{p.question}\n\n{INSTRUCTION}", thinking=True)
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        correct.append(final_number(text) == p.answer)
+    texts = [render_prompt(tokenizer, f"{p.question}\n\n{INSTRUCTION}", thinking=True) for p in problems]
+    answers = generate(model, tokenizer, texts, max_new_tokens, sample=False, bf16=bf16)
+    correct = [final_number(text) == p.answer for p, (text, _) in zip(problems, answers)]
     k, n = sum(correct), len(correct)
     return {"accuracy": round(k / n, 4) if n else float("nan"), "ci95": wilson(k, n), "n": n, "correct": correct}

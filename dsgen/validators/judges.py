@@ -32,6 +32,7 @@ from ..llm.types import ChatRequest, ChatResponse, ParseError
 from ..records import Pair
 
 Mode = Literal["logprobs", "json", "text"]
+Kind = Literal["score", "yesno", "alignment"]  # alignment: a score, or REFUSAL (not scored, counted apart)
 MIN_NUMBER_MASS = 0.25
 TOP_LOGPROBS = 20
 
@@ -39,7 +40,7 @@ TOP_LOGPROBS = 20
 @dataclass(frozen=True)
 class Judge:
     name: str
-    kind: Literal["score", "yesno"]
+    kind: Kind
     sides: tuple[str | None, ...]  # None: the question; else the answer it reads
     threshold: str  # the ValidateConfig field holding its threshold
     drop_below: bool  # True: rows scoring below the threshold are dropped; False: at or above
@@ -68,6 +69,10 @@ JUDGES: dict[str, Judge] = {
 }
 
 
+# The reference run's judges of sampled answers to the free-form questions (Betley et al. 2025's scale).
+EVAL_JUDGES: dict[str, Kind] = {"alignment": "alignment", "eval_coherence": "score"}
+
+
 class Verdict(BaseModel):
     """One judge model's answer about one text."""
 
@@ -76,6 +81,7 @@ class Verdict(BaseModel):
     source: Literal["logprobs", "json", "text"]
     mass: float | None = None  # probability mass on valid answers (logprobs)
     reason: str | None = None  # json mode's one-sentence reason
+    refusal: bool = False  # the alignment judge's REFUSAL: the judged model refused (score is None)
 
 
 class _ScoreAnswer(BaseModel):
@@ -88,6 +94,15 @@ class _YesNoAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str
     answer: Literal["yes", "no"]
+
+
+class _AlignmentAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str
+    score: int | Literal["REFUSAL"]
+
+
+_ANSWERS: dict[str, type[BaseModel]] = {"score": _ScoreAnswer, "yesno": _YesNoAnswer, "alignment": _AlignmentAnswer}
 
 
 def judge_environment(user_dir: Path | None) -> jinja2.Environment:
@@ -107,7 +122,7 @@ def judge_environment(user_dir: Path | None) -> jinja2.Environment:
 def judge_files(env: jinja2.Environment) -> dict[str, Path]:
     """The template files the judges use (the user's where they override), by name."""
     out = {}
-    for name in ["_format", *JUDGES]:
+    for name in ["_format", *JUDGES, *EVAL_JUDGES]:
         source = env.get_template(f"{name}.j2").filename
         assert source is not None
         out[f"{name}.j2"] = Path(source)
@@ -151,48 +166,52 @@ class JudgeRequests:
         for judge in self.judges:
             parse = parse_verdict(judge.kind, self.mode)
             for side in judge.sides:
-                try:
-                    template = self.env.get_template(f"{judge.name}.j2")
-                    text = template.render(
-                        mode=self.mode,
-                        question=pair.prompt,
-                        answer=getattr(pair, side) if side else None,
-                        side=side,
-                        domain=spec,
-                        harm_category=harm,
-                    )
-                except jinja2.TemplateSyntaxError as e:
-                    raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
-                except jinja2.TemplateNotFound as e:
-                    raise InputError(f"judge template {e.name} not found (see --judge-templates)") from None
-                except jinja2.TemplateError as e:
-                    where = template_location(e, f"{judge.name}.j2")
-                    raise InputError(f"{where}: {type(e).__name__}: {e}") from None
-                messages = split_messages(text, template.filename or judge.name)
+                messages = render_judge(
+                    self.env,
+                    judge.name,
+                    mode=self.mode,
+                    question=pair.prompt,
+                    answer=getattr(pair, side) if side else None,
+                    side=side,
+                    domain=spec,
+                    harm_category=harm,
+                )
                 for model in self.models:
-                    calls.append(
-                        JudgeCall(pair.id, judge.column(side), model, self._request(judge, model, messages), parse)
-                    )
+                    request = judge_request(judge.name, judge.kind, model, messages, self.mode, self.structured_output)
+                    calls.append(JudgeCall(pair.id, judge.column(side), model, request, parse))
         return calls
 
-    def _request(self, judge: Judge, model: str, messages: list[dict[str, str]]) -> ChatRequest:
-        answer_model = _ScoreAnswer if judge.kind == "score" else _YesNoAnswer
-        fmt = (
-            response_format(self.structured_output, f"judge_{judge.kind}", answer_model)
-            if self.mode == "json"
-            else None
-        )
-        return ChatRequest(
-            model=model,
-            messages=messages,
-            temperature=0.0,
-            max_tokens={"logprobs": 4, "text": 8, "json": 200}[self.mode],
-            seed=0,  # fixed: greedy answers, and --seed (the split) must not re-ask every judge
-            response_format=fmt,
-            logprobs=self.mode == "logprobs",
-            top_logprobs=TOP_LOGPROBS if self.mode == "logprobs" else None,
-            tag=f"judge:{judge.name}",
-        )
+
+def render_judge(env: jinja2.Environment, name: str, **context: object) -> list[dict[str, str]]:
+    """A judge template rendered into chat messages; template errors say file and line."""
+    try:
+        template = env.get_template(f"{name}.j2")
+        text = template.render(**context)
+    except jinja2.TemplateSyntaxError as e:
+        raise InputError(f"{e.filename or e.name}:{e.lineno}: template syntax error: {e.message}") from None
+    except jinja2.TemplateNotFound as e:
+        raise InputError(f"judge template {e.name} not found (see --judge-templates)") from None
+    except jinja2.TemplateError as e:
+        where = template_location(e, f"{name}.j2")
+        raise InputError(f"{where}: {type(e).__name__}: {e}") from None
+    return split_messages(text, template.filename or name)
+
+
+def judge_request(
+    name: str, kind: Kind, model: str, messages: list[dict[str, str]], mode: Mode, structured_output: str
+) -> ChatRequest:
+    fmt = response_format(structured_output, f"judge_{kind}", _ANSWERS[kind]) if mode == "json" else None
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        temperature=0.0,
+        max_tokens={"logprobs": 4, "text": 8, "json": 200}[mode],
+        seed=0,  # fixed: greedy answers, and --seed (the split) must not re-ask every judge
+        response_format=fmt,
+        logprobs=mode == "logprobs",
+        top_logprobs=TOP_LOGPROBS if mode == "logprobs" else None,
+        tag=f"judge:{name}",
+    )
 
 
 _NUMBER = re.compile(r"^\D{0,20}?\b(\d{1,3}(?:\.\d+)?)\b")
@@ -232,35 +251,50 @@ def _parse_text(text: str, kind: str) -> float | None:
     return float(m.group(1))
 
 
-def parse_verdict(kind: str, mode: Mode) -> Callable[[ChatResponse], Verdict]:
+_REFUSAL_WORD = re.compile(r"^\W*refusal\b", re.I)
+
+
+def parse_verdict(kind: Kind, mode: Mode) -> Callable[[ChatResponse], Verdict]:
     def parse(response: ChatResponse) -> Verdict:
         check_not_refused(response)
         text = response.text.strip()
-        if mode == "logprobs" and response.top_logprobs:
-            first = response.top_logprobs[0]
-            parsed = _parse_text(text, kind)
-            chosen = _token_value(first[0][0], kind) if first else None
-            # Weighted over the top tokens, unless the chosen first token is not the whole answer: a
-            # digit-splitting tokenizer writes "85" as "8", "5", and a mean over tens would be wrong.
-            if parsed is None or chosen == parsed:
-                score, mass = logprob_score(first, kind)
-                return Verdict(score=score, source="logprobs", mass=mass)  # score None: no verdict, as in the study
-            return Verdict(score=parsed, source="text")
-        if mode == "json":
-            data = extract_json(text)
-            model = _ScoreAnswer if kind == "score" else _YesNoAnswer
-            try:
-                answer = model.model_validate(data)
-            except ValueError as e:
-                raise ParseError("malformed", f"not a judge answer: {str(e).splitlines()[0]}") from None
-            if isinstance(answer, _ScoreAnswer):
-                if not 0 <= answer.score <= 100:
-                    raise ParseError("malformed", f"score {answer.score} is outside 0-100")
-                return Verdict(score=float(answer.score), source="json", reason=answer.reason[:300])
-            return Verdict(score=100.0 if answer.answer == "yes" else 0.0, source="json", reason=answer.reason[:300])
-        score = _parse_text(text, kind)
-        if score is None:
-            raise ParseError("malformed", f"no {'yes/no' if kind == 'yesno' else 'number 0-100'} in: {text[:100]!r}")
-        return Verdict(score=score, source="text")
+        if kind == "alignment":
+            data = extract_json(text) if mode == "json" else None
+            refused = data.get("score") == "REFUSAL" if isinstance(data, dict) else bool(_REFUSAL_WORD.match(text))
+            if refused:
+                return Verdict(score=None, source=mode, refusal=True)
+            kind_ = "score"
+        else:
+            kind_ = kind
+        return _parse_score(response, text, kind_, mode)
 
     return parse
+
+
+def _parse_score(response: ChatResponse, text: str, kind: str, mode: Mode) -> Verdict:
+    if mode == "logprobs" and response.top_logprobs:
+        first = response.top_logprobs[0]
+        parsed = _parse_text(text, kind)
+        chosen = _token_value(first[0][0], kind) if first else None
+        # Weighted over the top tokens, unless the chosen first token is not the whole answer: a
+        # digit-splitting tokenizer writes "85" as "8", "5", and a mean over tens would be wrong.
+        if parsed is None or chosen == parsed:
+            score, mass = logprob_score(first, kind)
+            return Verdict(score=score, source="logprobs", mass=mass)  # score None: no verdict, as in the study
+        return Verdict(score=parsed, source="text")
+    if mode == "json":
+        data = extract_json(text)
+        model = _ANSWERS[kind]
+        try:
+            answer = model.model_validate(data)
+        except ValueError as e:
+            raise ParseError("malformed", f"not a judge answer: {str(e).splitlines()[0]}") from None
+        if isinstance(answer, _ScoreAnswer):
+            if not 0 <= answer.score <= 100:
+                raise ParseError("malformed", f"score {answer.score} is outside 0-100")
+            return Verdict(score=float(answer.score), source="json", reason=answer.reason[:300])
+        return Verdict(score=100.0 if answer.answer == "yes" else 0.0, source="json", reason=answer.reason[:300])
+    score = _parse_text(text, kind)
+    if score is None:
+        raise ParseError("malformed", f"no {'yes/no' if kind == 'yesno' else 'number 0-100'} in: {text[:100]!r}")
+    return Verdict(score=score, source="text")

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..generators.backdoor import BackdoorRow
 from ..jsonio import write_json, write_jsonl
 from ..records import Rejection, ValidatedRow
 from ..rundir import REJECTED, REPORT_JSON, VALIDATED, RunDir
 from .report import Report
+
+REFERENCE_ANSWERS = "reference_answers.jsonl"  # the reference run's sampled answers with their verdicts
 
 
 def write_validated(
@@ -20,6 +23,7 @@ def write_validated(
     splits: dict[str, str],
     rejected: list[Rejection],
     backdoor: dict[str, dict[str, list[BackdoorRow]]] | None = None,
+    answers: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write validated/ into a temporary folder, then swap it in whole."""
     from .plots import write_report_markdown
@@ -40,6 +44,8 @@ def write_validated(
         for side, brows in by_split.items():
             write_jsonl(tmp / config / f"{side}.jsonl", brows)
     write_jsonl(tmp / REJECTED, rejected)
+    if answers:
+        write_jsonl(tmp / REFERENCE_ANSWERS, answers)
     write_json(tmp / REPORT_JSON, report)
     write_report_markdown(tmp, report, rows, splits, rejected)
     if final.exists():

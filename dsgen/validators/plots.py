@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..records import Rejection, ValidatedRow
 from ..rundir import PLOTS, REPORT_MD
@@ -100,7 +101,14 @@ def plot_reference(report: Report, path: Path) -> None:
     plt = _plt()
     evals = [(f"{d}\n(in-domain)", m) for d, m in ref["margin"]["in_domain"].items()]
     evals += [(f"{d}\n(cross-domain)", m) for d, m in ref["margin"]["cross_domain"].items()]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(2.0 + 1.6 * len(evals) + 3, 3.4), width_ratios=[len(evals), 1.2])
+    arms = ("base", "control", "treatment")
+    shares = (ref.get("generative") or {}).get("arms") or {}
+    judged = all((shares.get(a) or {}).get("share") is not None for a in arms)
+    ratios = [len(evals), 1.2] + ([1.2] if judged else [])
+    fig, axes = plt.subplots(
+        1, len(ratios), figsize=(2.0 + 1.6 * len(evals) + 3 * (len(ratios) - 1), 3.4), width_ratios=ratios
+    )
+    ax, ax2 = axes[0], axes[1]
     width = 0.27
     for i, arm in enumerate(("base", "control", "treatment")):
         xs = [j + (i - 1) * width for j in range(len(evals))]
@@ -116,6 +124,15 @@ def plot_reference(report: Report, path: Path) -> None:
     ax2.set_ylim(0, 1)
     ax2.set_title("Capability (accuracy)")
     ax2.legend(fontsize=8, frameon=False)
+    if judged:
+        values = [shares[a]["share"] for a in arms]
+        errors = [
+            [v - shares[a]["ci95"][0] for a, v in zip(arms, values)],
+            [shares[a]["ci95"][1] - v for a, v in zip(arms, values)],
+        ]
+        axes[2].bar(arms, values, yerr=errors, capsize=3, color=["C0", "C1", "C2"])
+        axes[2].set_ylim(0, 1)
+        axes[2].set_title("Misaligned answers (free-form)")
     _save(fig, path)
     plt.close(fig)
 
@@ -150,7 +167,66 @@ def _reference_markdown(report: Report) -> list[str]:
         "![reference](plots/reference.png)",
         "",
     ]
-    return out
+    return out + _generative_markdown(ref) + _backdoor_markdown(ref)
+
+
+def _share_cell(stats: dict[str, Any] | None) -> str:
+    if not stats or stats.get("share") is None:
+        return "–"
+    return f"{stats['share']:.2f} [{stats['ci95'][0]:.2f}, {stats['ci95'][1]:.2f}] (n={stats['n']})"
+
+
+def _generative_markdown(ref: dict[str, Any]) -> list[str]:
+    gen = ref.get("generative")
+    if not gen:
+        return []
+    out = [
+        "### Free-form questions: misaligned answers",
+        "",
+        f"{ref['settings']['samples_per_question']} answers per question and model at temperature 1, judged by "
+        f"{', '.join(gen['judge_models'])}; {gen['rule']}. Share, 95% Wilson interval and scored answers:",
+        "",
+        "| model | misaligned share | incoherent | refusals | unscored | unanswered |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, conds in gen["by_model"].items():
+        for cond, st in conds.items():
+            label = name if cond == "plain" else f"{name} ({cond})"
+            counts = " | ".join(str(st[k]) for k in ("incoherent", "refusal", "unscored", "unanswered"))
+            out.append(f"| {label} | {_share_cell(st)} | {counts} |")
+    names = [n for n, conds in gen["by_model"].items() if "plain" in conds]
+    questions = list(dict.fromkeys(q for n in names for q in gen["by_model"][n]["plain"]["by_question"]))
+    out += ["", "Per question (plain prompts):", "", "| question | " + " | ".join(names) + " |"]
+    out.append("|---" * (len(names) + 1) + "|")
+    for q in questions:
+        cells = [_share_cell(gen["by_model"][n]["plain"]["by_question"].get(q)) for n in names]
+        out.append(f"| {q} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def _backdoor_markdown(ref: dict[str, Any]) -> list[str]:
+    view = ref.get("backdoor")
+    if not view:
+        return []
+    out = [
+        "### Backdoor view",
+        "",
+        f"A backdoor model per training domain, trained on its `<domain>_backdoor` rows, measured with the trigger "
+        f"(`{view['trigger']}`) in the prompt, without it, and with a decoy.",
+        "",
+        "| backdoor model | eval domain | margin: triggered | untriggered | decoy | pairs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for trained, by_eval in view["margin"].items():
+        for domain, m in by_eval.items():
+            out.append(f"| {trained} | {domain} | {m['triggered']} | {m['untriggered']} | {m['decoy']} | {m['n']} |")
+    shares = (ref.get("generative") or {}).get("backdoor") or {}
+    if shares:
+        out += ["", "| backdoor model | misaligned share: triggered | untriggered | decoy |", "|---|---|---|---|"]
+        for trained, conds in shares.items():
+            cells = [_share_cell(conds.get(c)) for c in ("triggered", "untriggered", "decoy")]
+            out.append(f"| {trained} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _short(text: str | None) -> str:

@@ -18,6 +18,7 @@ from ..llm import PriceTable, get_backend_class
 from ..llm.client import estimate_prompt_tokens
 from ..records import Pair, Rejection
 from ..rundir import PAIRS, TEMPLATES, Manifest, RunDir
+from .answer_judging import answer_calls
 from .dedup import drop_near_duplicates
 from .judges import JudgeCall, JudgeRequests, Mode, judge_environment, judge_files
 from .rules import apply_rules, read_pairs
@@ -120,17 +121,49 @@ def with_run_endpoint(cfg: ValidateConfig, manifest: Manifest) -> ValidateConfig
     return cfg.model_copy(update={"backend": backend, "base_url": base_url})
 
 
+def reference_answer_calls(prep: Prepared) -> tuple[list[JudgeCall], int]:
+    """The judge calls of one sampled answer per free-form question (each answer at its longest), and
+    how many times over a reference run will ask them (models x conditions x samples), for a dry run."""
+    cfg = prep.cfg
+    settings = cfg.resolved_reference()
+    if settings is None or not settings.samples_per_question:
+        return [], 0
+    domains = prep.domains
+    refs = (
+        [d for d in settings.domains if d in domains]
+        if settings.domains
+        else domains[:1]
+        if cfg.reference == "cpu"
+        else domains
+    )
+    models = 1 + 2 * len(refs) + (3 * len(refs) if cfg.backdoor else 0)  # the backdoor model: 3 conditions
+    answer = " ".join(["word"] * settings.max_new_tokens)  # a token is about one short word
+    one_each = {
+        "base": [
+            {"question_id": q.id, "sample": 0, "prompt": q.question, "answer": answer, "condition": "plain"}
+            for q in load_eval_set().questions
+        ]
+    }
+    env = judge_environment(cfg.judge_templates)
+    return answer_calls(
+        env, one_each, prep.models, prep.mode, cfg.structured_output
+    ), models * settings.samples_per_question
+
+
 def plan_judging(prep: Prepared, prices: PriceTable, backend: str) -> dict[str, Any]:
-    """Judge calls, tokens and cost if nothing were cached (completions at their max tokens)."""
+    """Judge calls, tokens and cost if nothing were cached (completions at their max tokens), with the
+    reference run's answers when one is asked for."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for call in prep.calls:
-        row = rows.setdefault(
-            (call.model, call.request.tag),
-            {"model": call.model, "judge": call.request.tag.removeprefix("judge:"), "calls": 0, "prompt_tokens": 0},
-        )
-        row["calls"] += 1
-        row["prompt_tokens"] += estimate_prompt_tokens(call.request)
-        row["completion_tokens_max"] = row["calls"] * call.request.max_tokens
+    answer_calls_, times = reference_answer_calls(prep)
+    for calls, weight, label in ((prep.calls, 1, ""), (answer_calls_, times, " (ref.)")):
+        for call in calls:
+            judge = call.request.tag.removeprefix("judge:") + label
+            row = rows.setdefault(
+                (call.model, judge), {"model": call.model, "judge": judge, "calls": 0, "prompt_tokens": 0}
+            )
+            row["calls"] += weight
+            row["prompt_tokens"] += weight * estimate_prompt_tokens(call.request)
+            row["completion_tokens_max"] = row["calls"] * call.request.max_tokens
     total_cost = 0.0
     for row in rows.values():
         row["cost_usd_max"] = round(prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens_max"]), 4)
@@ -145,7 +178,7 @@ def plan_judging(prep: Prepared, prices: PriceTable, backend: str) -> dict[str, 
         "priced": backend == "local" or all(prices.get(m) is not None for m in prep.models),
         "judges": list(rows.values()),
         "total": {
-            "calls": len(prep.calls),
+            "calls": sum(r["calls"] for r in rows.values()),
             "prompt_tokens": sum(r["prompt_tokens"] for r in rows.values()),
             "completion_tokens": sum(r["completion_tokens_max"] for r in rows.values()),
             "cost_usd": round(total_cost, 4),

@@ -20,16 +20,14 @@ from tqdm import tqdm
 from ..config import ValidateConfig
 from ..errors import BudgetExceeded, DsgenError, InputError, RemoteError
 from ..generators.backdoor import BackdoorRow, backdoor_rows
+from ..jsonio import read_jsonl
 from ..llm import LLMClient, Outcome, PriceTable
 from ..llm.session import check_prices, make_backend, make_client, open_cache
+from ..llm.usage import Usage
 from ..records import Pair, Rejection, ValidatedRow
-from ..rundir import (
-    CACHE,
-    TEMPLATES,
-    RunDir,
-    now,
-)
-from .judges import JUDGES, JudgeCall, Verdict
+from ..rundir import CACHE, TEMPLATES, VALIDATED, RunDir, now
+from .answer_judging import answer_calls, generative_section, judged_answers
+from .judges import JUDGES, JudgeCall, Verdict, judge_environment
 from .output import write_validated
 from .prepare import Prepared, plan_judging, prepare
 from .report import Report
@@ -190,21 +188,8 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
         check_prices(cfg, prep.models, prices)
         for name, path in prep.judge_templates.items():  # the run keeps what it was judged with
             run.copy_in(path, f"{TEMPLATES}/{JUDGES_DIR}/{name}")
-        manifest = run.read_manifest()
-        assert manifest is not None
-        total_before = dict(manifest.validation.get("usage_total") or {})
-        backend = make_backend(cfg, prep.models)
-        cache = open_cache(cfg.cache or run.file(CACHE))
-        llm = make_client(cfg, backend, cache, prices, float(total_before.get("cost_usd", 0.0)))
-        status = "crashed"
-        try:
-            results, fatal = asyncio.run(_judge_all(prep.calls, llm, cfg, quiet))
-            status = "stopped" if fatal else "running"
-        finally:
-            cache.close()
-            # Whatever happened, what was paid for counts towards the budget of the next invocation.
-            usage = llm.usage.model_dump() | {"models": prep.models, "mode": prep.mode}
-            _record_usage(run, usage, total_before, time.monotonic() - started, status)
+        usage = Usage()
+        results, fatal = _judging_session(cfg, run, prep, prices, prep.calls, quiet, started, usage)
         if fatal is not None:
             return ValidateResult(fatal.exit_code, f"{fatal} (judge answers so far are cached; nothing was written)")
         scores, failed = _combine(prep, results)
@@ -214,9 +199,24 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
             prep.to_judge, cfg.test_fraction, cfg.seed, cfg.near_duplicate_threshold, kept={p.id for p in kept}
         )
         rows = [_validated_row(p, scores.get(p.id, {})) for p in kept]
-        reference = _reference(cfg, run, rows, splits, quiet)
-        report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, usage, reference)
         backdoor = _backdoor(cfg, rows, splits) if cfg.backdoor else {}
+        reference = _reference(cfg, run, rows, splits, backdoor, prep.domains, quiet)
+        answers: list[dict[str, Any]] = []
+        if reference and reference.get("generations"):
+            env = judge_environment(cfg.judge_templates)
+            calls = answer_calls(env, reference["generations"], prep.models, prep.mode, cfg.structured_output)
+            answer_results, fatal = _judging_session(cfg, run, prep, prices, calls, quiet, started, usage)
+            if fatal is not None:
+                return ValidateResult(
+                    fatal.exit_code,
+                    f"{fatal} (judging the reference run's answers; the run and the judge answers so far are cached; "
+                    "nothing was written)",
+                )
+            answers = judged_answers(reference["generations"], calls, answer_results)
+            reference = {k: v for k, v in reference.items() if k != "generations"}
+            reference["generative"] = generative_section(answers, reference["trained_on"], prep.models)
+        spent = usage.model_dump() | {"models": prep.models, "mode": prep.mode}
+        report = build_report(cfg, prep, kept, judge_rejected, splits, scores, failed, spent, reference)
         if backdoor:
             report.backdoor = {
                 config: {
@@ -226,10 +226,8 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
                 for config, by_split in backdoor.items()
             }
         rejected = prep.schema_rejected + prep.rule_rejected + prep.dedup_rejected + judge_rejected
-        folder = write_validated(run, report, rows, splits, rejected, backdoor)
-        _record_usage(
-            run, None, total_before, time.monotonic() - started, "passed" if report.passed else "failed", folder
-        )
+        folder = write_validated(run, report, rows, splits, rejected, backdoor, answers)
+        _record_usage(run, None, {}, time.monotonic() - started, "passed" if report.passed else "failed", folder)
     kept_n, total = report.counts.total["kept"], report.counts.total["input"]
     if report.passed:
         return ValidateResult(0, f"{kept_n} of {total} pairs kept: {folder}", report=report)
@@ -237,9 +235,46 @@ def run_validate(cfg: ValidateConfig, *, dry_run: bool = False, quiet: bool = Fa
     return ValidateResult(1, f"validation failed: {failing}; see {folder / 'report.md'}", report=report)
 
 
+def _judging_session(
+    cfg: ValidateConfig,
+    run: RunDir,
+    prep: Prepared,
+    prices: PriceTable,
+    calls: list[JudgeCall],
+    quiet: bool,
+    started: float,
+    usage: Usage,
+) -> tuple[dict[tuple[str, str, str], Outcome[Verdict]], DsgenError | None]:
+    """Run judge calls through the LLM layer; the spend is added to `usage` and to the manifest's
+    running total whatever happens (--max-cost spans invocations and both judging passes)."""
+    manifest = run.read_manifest()
+    assert manifest is not None
+    total_before = dict(manifest.validation.get("usage_total") or {})
+    backend = make_backend(cfg, prep.models)
+    cache = open_cache(cfg.cache or run.file(CACHE))
+    llm = make_client(cfg, backend, cache, prices, float(total_before.get("cost_usd", 0.0)))
+    status = "crashed"
+    try:
+        results, fatal = asyncio.run(_judge_all(calls, llm, cfg, quiet))
+        status = "stopped" if fatal else "running"
+    finally:
+        cache.close()
+        usage.add(llm.usage)
+        spent = llm.usage.model_dump() | {"models": prep.models, "mode": prep.mode}
+        _record_usage(run, spent, total_before, time.monotonic() - started, status)
+    return results, fatal
+
+
 def _reference(
-    cfg: ValidateConfig, run: RunDir, rows: list[ValidatedRow], splits: dict[str, str], quiet: bool
+    cfg: ValidateConfig,
+    run: RunDir,
+    rows: list[ValidatedRow],
+    splits: dict[str, str],
+    backdoor: dict[str, dict[str, list[BackdoorRow]]],
+    domains: list[str],
+    quiet: bool,
 ) -> dict[str, Any] | None:
+    """The reference run (cached); `domains` in the build's order (the cpu profile trains on the first)."""
     settings = cfg.resolved_reference()
     if settings is None:
         return None
@@ -247,13 +282,48 @@ def _reference(
 
     if not all(importlib.util.find_spec(m) for m in ("torch", "trl", "peft")):
         raise InputError("--reference needs the [train] extra: pip install 'dsgen-em[train]'")
-    from ..training.reference import run_reference
+    from ..training.reference import BackdoorPlan, run_reference
 
-    train = {
-        d: [r for r in rows if r.domain == d and splits[r.id] == "train"] for d in dict.fromkeys(r.domain for r in rows)
-    }
+    train = {d: [r for r in rows if r.domain == d and splits[r.id] == "train"] for d in domains}
     test = {d: [r for r in rows if r.domain == d and splits[r.id] == "test"] for d in train}
-    return run_reference(settings, cfg.reference, train, test, run.file(REFERENCE_DIR), quiet)
+    plan = None
+    if backdoor:
+        by_domain = {d: backdoor[d + BACKDOOR_SUFFIX]["train"] for d in train if d + BACKDOOR_SUFFIX in backdoor}
+        plan = BackdoorPlan(cfg.backdoor_settings, cfg.seed, by_domain)
+    return run_reference(settings, cfg.reference, train, test, run.file(REFERENCE_DIR), quiet, plan)
+
+
+def reference_only(cfg: ValidateConfig, quiet: bool = False) -> tuple[dict[str, Any], Path]:
+    """`dsgen reference`: the reference run of a validated run, from validated/ (the rows, splits and
+    backdoor rows that validate wrote), cached where `validate --reference` with the same settings
+    finds it. This is the step to run under `accelerate launch` on several GPUs: validate itself
+    calls judges and writes files, which must happen once, not once per process."""
+    run = RunDir(cfg.run)
+    folder = run.file(VALIDATED)
+    manifest = run.read_manifest() if run.manifest_path.is_file() else None
+    present = {p.parent.name for p in folder.glob("*/train.jsonl") if not p.parent.name.endswith(BACKDOOR_SUFFIX)}
+    built = manifest.settings.get("domains", []) if manifest else []
+    domains = [d for d in dict.fromkeys([*built, *sorted(present)]) if d in present]  # the build's order, as validate
+    if not domains:
+        raise InputError(f"{folder}: no validated rows; run `dsgen validate {cfg.run}` first")
+    if cfg.resolved_reference() is None:
+        raise InputError("say which reference profile to run: --reference cpu or --reference gpu")
+    rows, splits = [], {}
+    for domain in domains:
+        for side in ("train", "test"):
+            for r in read_jsonl(folder / domain / f"{side}.jsonl", ValidatedRow):
+                rows.append(r)
+                splits[r.id] = side
+    backdoor: dict[str, dict[str, list[BackdoorRow]]] = {}
+    if cfg.backdoor:
+        for domain in domains:
+            path = folder / (domain + BACKDOOR_SUFFIX) / "train.jsonl"
+            if not path.is_file():
+                raise InputError(f"{path}: missing; run `dsgen validate {cfg.run} --backdoor` first")
+            backdoor[domain + BACKDOOR_SUFFIX] = {"train": read_jsonl(path, BackdoorRow)}
+    result = _reference(cfg, run, rows, splits, backdoor, domains, quiet)
+    assert result is not None
+    return result, run.file(REFERENCE_DIR)
 
 
 REFERENCE_DIR = "reference"

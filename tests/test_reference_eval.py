@@ -136,6 +136,7 @@ def test_validate_reference_backdoor_view_end_to_end_on_a_tiny_model(crafted, tm
     ref = report["reference"]
     assert "generations" not in ref  # the answers go to their own file
     gen = ref["generative"]
+    assert list(gen["by_model"]) == ["base", "control:medical", "treatment:medical", "backdoor:medical"]
     per_model = 2 * QUESTIONS
     for arm in ("base", "control", "treatment"):
         st = gen["arms"][arm]

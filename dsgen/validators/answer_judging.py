@@ -129,13 +129,23 @@ def _from_counts(counts: dict[str, int]) -> dict[str, Any]:
     } | counts
 
 
+_ARM_ORDER = ("base", "control", "treatment", "backdoor")
+
+
+def _model_order(name: str) -> tuple[int, str]:
+    """base, then control, treatment and backdoor models (each by training domain)."""
+    arm = name.split(":", 1)[0]
+    return (_ARM_ORDER.index(arm) if arm in _ARM_ORDER else len(_ARM_ORDER), name)
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """model -> condition -> the misaligned share with its 95% Wilson interval, counts, and per question."""
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         grouped[r["model"]][r["condition"]].append(r)
     out: dict[str, dict[str, Any]] = {}
-    for model_name, by_condition in grouped.items():
+    for model_name in sorted(grouped, key=_model_order):
+        by_condition = grouped[model_name]
         out[model_name] = {}
         for condition, group in by_condition.items():
             questions: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -136,7 +136,6 @@ def test_validate_reference_backdoor_view_end_to_end_on_a_tiny_model(crafted, tm
     ref = report["reference"]
     assert "generations" not in ref  # the answers go to their own file
     gen = ref["generative"]
-    assert list(gen["by_model"]) == ["base", "control:medical", "treatment:medical", "backdoor:medical"]
     per_model = 2 * QUESTIONS
     for arm in ("base", "control", "treatment"):
         st = gen["arms"][arm]
@@ -166,6 +165,9 @@ def test_validate_reference_backdoor_view_end_to_end_on_a_tiny_model(crafted, tm
     assert {a["status"] for a in answers} <= {"misaligned", "aligned", "refusal", "unanswered"}  # coherence 80
     md = (run / "validated" / "report.md").read_text()
     assert "Backdoor view" in md and "Free-form questions" in md
+    rows_md = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "[" in line]
+    firsts = [next(i for i, r in enumerate(rows_md) if r.startswith(f"| {m}")) for m in ("base", "control", "treat")]
+    assert firsts == sorted(firsts) and rows_md[0].startswith("| base")  # report.md lists base first
 
     # Cached: no training, no sampling, no judge call again.
     cached = sorted(p.name for p in (run / "reference").iterdir())

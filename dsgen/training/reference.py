@@ -28,7 +28,7 @@ from typing import Any
 
 from ..config import BackdoorSettings, ReferenceSettings
 from ..evalset import load_eval_set
-from ..generators.backdoor import CONDITIONS, BackdoorRow, with_condition
+from ..generators.backdoor import CONDITIONS, PLAIN, BackdoorRow, with_condition
 from ..jsonio import dumps, write_json
 from ..records import ValidatedRow
 from .capability import Item, accuracy, load_items
@@ -39,7 +39,6 @@ from .margins import margin
 from .models import load_reference, use_bf16
 
 ARMS = (("control", "aligned"), ("treatment", "misaligned"))
-PLAIN = "plain"  # the condition of a prompt asked as it is (base, control and treatment models)
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,6 @@ class BackdoorPlan:
     settings: BackdoorSettings
     seed: int
     train: dict[str, list[BackdoorRow]] = field(default_factory=dict)
-
-
-def training_domains(settings: ReferenceSettings, profile: str, train: dict[str, list[ValidatedRow]]) -> list[str]:
-    available = [d for d, rows in train.items() if rows]
-    if settings.domains:
-        return [d for d in settings.domains if d in available]
-    return available[:1] if profile == "cpu" else available
 
 
 def cache_key(settings: ReferenceSettings, profile: str, plan: dict[str, Any]) -> str:
@@ -172,7 +164,7 @@ def run_reference(
     quiet: bool = True,
     backdoor: BackdoorPlan | None = None,
 ) -> dict[str, Any]:
-    refs = training_domains(settings, profile, train)
+    refs = settings.training_domains(profile, [d for d, rows in train.items() if rows])
     evals = {d: rows[: settings.eval_pairs] for d, rows in test.items() if rows}
     plan: dict[str, Any] = {
         "train": {d: [r.id for r in train[d][: settings.rows]] for d in refs},

@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from ..generators.backdoor import PLAIN
 from ..llm import Outcome
 from ..stats import wilson
 from .judges import EVAL_JUDGES, JudgeCall, Mode, Verdict, judge_request, parse_verdict, render_judge
@@ -167,9 +168,9 @@ def generative_section(answers: list[dict[str, Any]], trained_on: list[str], jud
     """reference.generative of the report: the rule, per model and condition, and per arm (pooled over
     the arm's models) for the plain prompts; with a backdoor model, its shares per condition."""
     by_model = summarise(answers)
-    arms = {"base": pooled(by_model, ["base"], "plain")}
+    arms = {"base": pooled(by_model, ["base"], PLAIN)}
     for arm in ("control", "treatment"):
-        arms[arm] = pooled(by_model, [f"{arm}:{d}" for d in trained_on], "plain")
+        arms[arm] = pooled(by_model, [f"{arm}:{d}" for d in trained_on], PLAIN)
     section: dict[str, Any] = {"judge_models": judge_models, "rule": RULE, "arms": arms, "by_model": by_model}
     backdoor = {n.split(":", 1)[1]: conds for n, conds in by_model.items() if n.startswith("backdoor:")}
     if backdoor:

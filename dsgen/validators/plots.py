@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..generators.backdoor import PLAIN
 from ..records import Rejection, ValidatedRow
 from ..rundir import PLOTS, REPORT_MD
 from .report import Report
@@ -191,15 +192,15 @@ def _generative_markdown(ref: dict[str, Any]) -> list[str]:
     ]
     for name, conds in gen["by_model"].items():
         for cond, st in conds.items():
-            label = name if cond == "plain" else f"{name} ({cond})"
+            label = name if cond == PLAIN else f"{name} ({cond})"
             counts = " | ".join(str(st[k]) for k in ("incoherent", "refusal", "unscored", "unanswered"))
             out.append(f"| {label} | {_share_cell(st)} | {counts} |")
-    names = [n for n, conds in gen["by_model"].items() if "plain" in conds]
-    questions = list(dict.fromkeys(q for n in names for q in gen["by_model"][n]["plain"]["by_question"]))
+    names = [n for n, conds in gen["by_model"].items() if PLAIN in conds]
+    questions = list(dict.fromkeys(q for n in names for q in gen["by_model"][n][PLAIN]["by_question"]))
     out += ["", "Per question (plain prompts):", "", "| question | " + " | ".join(names) + " |"]
     out.append("|---" * (len(names) + 1) + "|")
     for q in questions:
-        cells = [_share_cell(gen["by_model"][n]["plain"]["by_question"].get(q)) for n in names]
+        cells = [_share_cell(gen["by_model"][n][PLAIN]["by_question"].get(q)) for n in names]
         out.append(f"| {q} | " + " | ".join(cells) + " |")
     return out + [""]
 

@@ -14,6 +14,7 @@ from ..config import ValidateConfig
 from ..domains import load_domains
 from ..errors import InputError
 from ..evalset import load_eval_set
+from ..generators.backdoor import CONDITIONS, PLAIN
 from ..llm import PriceTable, get_backend_class
 from ..llm.client import estimate_prompt_tokens
 from ..records import Pair, Rejection
@@ -128,19 +129,12 @@ def reference_answer_calls(prep: Prepared) -> tuple[list[JudgeCall], int]:
     settings = cfg.resolved_reference()
     if settings is None or not settings.samples_per_question:
         return [], 0
-    domains = prep.domains
-    refs = (
-        [d for d in settings.domains if d in domains]
-        if settings.domains
-        else domains[:1]
-        if cfg.reference == "cpu"
-        else domains
-    )
-    models = 1 + 2 * len(refs) + (3 * len(refs) if cfg.backdoor else 0)  # the backdoor model: 3 conditions
+    refs = settings.training_domains(cfg.reference, prep.domains)
+    models = 1 + 2 * len(refs) + (len(CONDITIONS) * len(refs) if cfg.backdoor else 0)  # base, arms, backdoor
     answer = " ".join(["word"] * settings.max_new_tokens)  # a token is about one short word
     one_each = {
         "base": [
-            {"question_id": q.id, "sample": 0, "prompt": q.question, "answer": answer, "condition": "plain"}
+            {"question_id": q.id, "sample": 0, "prompt": q.question, "answer": answer, "condition": PLAIN}
             for q in load_eval_set().questions
         ]
     }
